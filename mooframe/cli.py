@@ -1,0 +1,99 @@
+"""The `mooframe` command: solve, evaluate, list."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+USAGE_ERRORS = (ValueError, FileNotFoundError, KeyError)
+
+
+def parse_options(pairs: Sequence[str] | None) -> dict[str, Any]:
+    """`key=value` pairs as keyword arguments; values are read as JSON when they parse (numbers, lists, true)."""
+    options: dict[str, Any] = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"option {pair!r} is not of the form key=value")
+        try:
+            options[key] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key] = value
+    return options
+
+
+def _cmd_solve(args: argparse.Namespace) -> None:
+    from mooframe.solve import solve
+
+    result = solve(
+        args.problem,
+        model=args.model,
+        solver=args.solver,
+        steps=args.steps,
+        lr=args.lr,
+        optimizer=args.optimizer,
+        lr_schedule=args.lr_schedule,
+        alpha=args.alpha,
+        seed=args.seed,
+        device=args.device,
+        progress=not args.quiet,
+        problem_kwargs=parse_options(args.problem_option),
+        model_kwargs=parse_options(args.model_option),
+        solver_kwargs=parse_options(args.solver_option),
+    )
+    path = result.save(args.out)
+    print(f"saved run to {path}")
+
+
+def _cmd_list(args: argparse.Namespace) -> None:
+    from mooframe.registry import registered
+
+    for kind, names in registered().items():
+        print(f"{kind}s: {', '.join(names)}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mooframe", description="Learn and compare Pareto sets of neural networks.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    solve = commands.add_parser("solve", help="train a Pareto set model on a problem and save the run")
+    solve.add_argument("--problem", required=True, help="registered problem name (see `mooframe list`)")
+    solve.add_argument("--model", default="hypernet", help="registered Pareto set model name")
+    solve.add_argument("--solver", default="ls", help="registered solver name")
+    solve.add_argument("--steps", type=int, default=1000)
+    solve.add_argument("--lr", type=float, default=1e-2)
+    solve.add_argument("--optimizer", default="adam", choices=["adam", "adamw", "sgd"])
+    solve.add_argument("--lr-schedule", default="cosine", choices=["cosine", "constant"])
+    solve.add_argument("--alpha", type=float, default=1.0, help="Dirichlet concentration of the preferences")
+    solve.add_argument("--seed", type=int, default=0)
+    solve.add_argument("--device", default="cpu")
+    for piece in ("problem", "model", "solver"):
+        solve.add_argument(
+            f"--{piece}-option", action="append", metavar="KEY=VALUE", help=f"constructor option of the {piece}"
+        )
+    solve.add_argument("--out", required=True, help="run directory to write")
+    solve.add_argument("--quiet", action="store_true", help="no progress bar")
+    solve.set_defaults(run=_cmd_solve)
+
+    listing = commands.add_parser("list", help="print the registered problems, models and solvers")
+    listing.set_defaults(run=_cmd_list)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit status (2 for bad arguments or input)."""
+    args = build_parser().parse_args(argv)
+    try:
+        args.run(args)
+    except USAGE_ERRORS as error:
+        message = error.args[0] if isinstance(error, KeyError) and error.args else error
+        print(f"mooframe {args.command}: error: {message}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Pareto set models: one module per method, each a `mooframe.pareto_set.ParetoSetModel`."""

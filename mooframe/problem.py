@@ -1,0 +1,252 @@
+"""The Problem interface: T differentiable objectives, their data, and how a solution is scored."""
+
+from __future__ import annotations
+
+import itertools
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import Dataset, TensorDataset, default_collate
+
+from mooframe.params import get_params
+
+
+@dataclass
+class Evaluation:
+    """How one solution scores: the objectives (minimized) and any per-task metrics (e.g. accuracy)."""
+
+    objectives: np.ndarray
+    metrics: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+class Problem(ABC):
+    """T objectives to minimize, each a differentiable function of a solution.
+
+    What a solution is depends on the problem: a decision vector for synthetic benchmarks, a model (any callable
+    module, e.g. a `FunctionalModel`) for neural problems. A `ParetoSetModel` maps preferences to solutions.
+    Subclasses store each constructor argument as an attribute of the same name (see `mooframe.params`).
+    """
+
+    #: set by the registry when the problem was built by name; lets a saved run rebuild it.
+    registry_name: str | None = None
+
+    @property
+    @abstractmethod
+    def n_objectives(self) -> int:
+        """T, the number of objectives."""
+
+    @property
+    def objective_names(self) -> list[str]:
+        """One short name per objective, used in tables and plots."""
+        return [f"f{t + 1}" for t in range(self.n_objectives)]
+
+    def batches(self, rng: np.random.Generator) -> Iterator[Any]:
+        """An endless stream of training batches, one item per step (by default no data: `None`)."""
+        return itertools.repeat(None)
+
+    @abstractmethod
+    def losses(self, solution: Any, batch: Any) -> torch.Tensor:
+        """The T training losses of `solution` on `batch`, shape (T,), differentiable."""
+
+    def evaluate(self, solution: Any) -> Evaluation:
+        """Score a solution: objectives to minimize (shape (T,)) and optional per-task metrics."""
+        with torch.no_grad():
+            values = self.losses(solution, next(iter(self.batches(np.random.default_rng(0)))))
+        return Evaluation(objectives=values.detach().double().cpu().numpy())
+
+    def true_front(self, n_points: int = 1000) -> np.ndarray | None:
+        """Points on the true Pareto front, shape (n, T), when it is known; otherwise None."""
+        return None
+
+    def to(self, device: torch.device | str) -> Problem:
+        """Move the problem's tensors and frozen modules to `device` (no-op for problems without any)."""
+        return self
+
+    def spec(self) -> dict[str, Any] | None:
+        """How to rebuild this problem by name (`{"name", "kwargs"}`), or None if it was not built by name."""
+        if self.registry_name is None:
+            return None
+        return {"name": self.registry_name, "kwargs": get_params(self)}
+
+
+TASK_OBJECTIVES = ("cross_entropy", "entropy")
+
+
+class MergingProblem(Problem):
+    """T tasks sharing one pretrained backbone, with one expert per task fine-tuned from it and frozen heads.
+
+    A solution is a backbone (an `nn.Module`, or a `FunctionalModel` holding merged parameters): called on a
+    task's inputs (a tensor, or a dict of tensors passed as keyword arguments) it returns features, and
+    `heads[t]` turns them into task t's logits. Experts are state dicts (or modules) of the backbone; their
+    parameter names and shapes must equal the pretrained model's.
+
+    Args:
+        pretrained: the pretrained backbone theta_0 (frozen, kept in eval mode).
+        experts: T fine-tuned backbones or their state dicts theta_t.
+        heads: T frozen classification heads, features -> logits.
+        train_data: T datasets of (inputs, label) pairs used for the training losses.
+        test_data: T datasets of (inputs, label) pairs for `evaluate` (defaults to `train_data`).
+        task_names: T short names (default task1, ..., taskT).
+        objective: "cross_entropy" on labels, or "entropy" of the predictions (unlabeled, test-time merging).
+        batch_size: examples per task per training step.
+        eval_batch_size: examples per forward pass in `evaluate`.
+        upscale_presets: named lists of regular expressions that select the up-scalable modules by name
+            (e.g. {"mlp": [...], "attention_mlp": [...]}); supplied by the model family's adapter.
+    """
+
+    def __init__(
+        self,
+        pretrained: nn.Module,
+        experts: Sequence[nn.Module | Mapping[str, torch.Tensor]],
+        heads: Sequence[nn.Module],
+        train_data: Sequence[Dataset],
+        test_data: Sequence[Dataset] | None = None,
+        task_names: Sequence[str] | None = None,
+        objective: str = "cross_entropy",
+        batch_size: int = 16,
+        eval_batch_size: int = 256,
+        upscale_presets: Mapping[str, Sequence[str]] | None = None,
+    ) -> None:
+        n_tasks = len(experts)
+        if n_tasks < 1:
+            raise ValueError("a merging problem needs at least one expert")
+        for what, values in (
+            ("heads", heads),
+            ("train_data", train_data),
+            ("test_data", test_data),
+            ("task_names", task_names),
+        ):
+            if values is not None and len(values) != n_tasks:
+                raise ValueError(f"got {n_tasks} experts but {len(values)} {what}; pass one per task")
+        if objective not in TASK_OBJECTIVES:
+            raise ValueError(f"unknown objective {objective!r}; known: {', '.join(TASK_OBJECTIVES)}")
+        if batch_size < 1 or eval_batch_size < 1:
+            raise ValueError(f"batch sizes must be >= 1, got {batch_size} and {eval_batch_size}")
+        self.task_names = list(task_names) if task_names is not None else [f"task{t + 1}" for t in range(n_tasks)]
+        self.pretrained = _frozen(pretrained)
+        self.expert_states = [
+            _checked_expert_state(self.pretrained, expert, self.task_names[t]) for t, expert in enumerate(experts)
+        ]
+        self.heads = nn.ModuleList(_frozen(head) for head in heads)
+        self.train_data, self.test_data = list(train_data), list(test_data or train_data)
+        self.objective, self.batch_size, self.eval_batch_size = objective, batch_size, eval_batch_size
+        self.upscale_presets = {k: list(v) for k, v in (upscale_presets or {}).items()}
+        self.device = torch.device("cpu")
+
+    @property
+    def n_objectives(self) -> int:
+        return len(self.expert_states)
+
+    @property
+    def objective_names(self) -> list[str]:
+        return list(self.task_names)
+
+    def pretrained_state(self) -> dict[str, torch.Tensor]:
+        """theta_0: the pretrained backbone's parameters by name (detached)."""
+        return {name: p.detach() for name, p in self.pretrained.named_parameters()}
+
+    def to(self, device: torch.device | str) -> MergingProblem:
+        self.device = torch.device(device)
+        self.pretrained.to(self.device)
+        self.heads.to(self.device)
+        self.expert_states = [{k: v.to(self.device) for k, v in s.items()} for s in self.expert_states]
+        return self
+
+    def batches(self, rng: np.random.Generator) -> Iterator[list[tuple[Any, torch.Tensor]]]:
+        """Each step: one shuffled batch of `batch_size` examples per task, reshuffled every epoch."""
+        streams = [_endless_batches(data, self.batch_size, rng) for data in self.train_data]
+        while True:
+            yield [next(stream) for stream in streams]
+
+    def logits(self, solution: Callable[..., torch.Tensor], task: int, inputs: Any) -> torch.Tensor:
+        """Task `task`'s logits for `inputs` under the backbone `solution`."""
+        inputs = _to_device(inputs, self.device)
+        features = solution(**inputs) if isinstance(inputs, Mapping) else solution(inputs)
+        return self.heads[task](features)
+
+    def losses(self, solution: Callable[..., torch.Tensor], batch: list[tuple[Any, torch.Tensor]]) -> torch.Tensor:
+        values = []
+        for task, (inputs, labels) in enumerate(batch):
+            logits = self.logits(solution, task, inputs)
+            if self.objective == "cross_entropy":
+                values.append(F.cross_entropy(logits, labels.to(self.device)))
+            else:
+                values.append(prediction_entropy(logits))
+        return torch.stack(values)
+
+    def evaluate(self, solution: Callable[..., torch.Tensor]) -> Evaluation:
+        """Per-task accuracy and cross-entropy on the test data; the objectives are the errors 1 - accuracy."""
+        accuracy, loss = np.zeros(self.n_objectives), np.zeros(self.n_objectives)
+        with torch.no_grad():
+            for task, data in enumerate(self.test_data):
+                correct, total, loss_sum = 0, 0, 0.0
+                for inputs, labels in _ordered_batches(data, self.eval_batch_size):
+                    logits = self.logits(solution, task, inputs)
+                    labels = labels.to(self.device)
+                    correct += int((logits.argmax(-1) == labels).sum())
+                    loss_sum += float(F.cross_entropy(logits, labels, reduction="sum"))
+                    total += labels.numel()
+                accuracy[task], loss[task] = correct / total, loss_sum / total
+        return Evaluation(objectives=1.0 - accuracy, metrics={"accuracy": accuracy, "loss": loss})
+
+
+def prediction_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Mean Shannon entropy of softmax(logits) over the batch (the AdaMerging test-time objective)."""
+    log_probs = F.log_softmax(logits, dim=-1)
+    return -(log_probs.exp() * log_probs).sum(-1).mean()
+
+
+def _frozen(module: nn.Module) -> nn.Module:
+    module.eval()
+    for p in module.parameters():
+        p.requires_grad_(False)
+    return module
+
+
+def _checked_expert_state(
+    pretrained: nn.Module, expert: nn.Module | Mapping[str, torch.Tensor], task: str
+) -> dict[str, torch.Tensor]:
+    """The expert's parameters by the pretrained model's names; ValueError at the first name or shape mismatch."""
+    state = dict(expert.named_parameters()) if isinstance(expert, nn.Module) else dict(expert)
+    for name, reference in pretrained.named_parameters():
+        if name not in state:
+            raise ValueError(f"expert for task {task!r} has no parameter {name!r} of the pretrained model")
+        if state[name].shape != reference.shape:
+            raise ValueError(
+                f"expert for task {task!r}: parameter {name!r} has shape {tuple(state[name].shape)}, "
+                f"the pretrained model's has {tuple(reference.shape)}"
+            )
+    return {name: state[name].detach().to(reference) for name, reference in pretrained.named_parameters()}
+
+
+def _collate(data: Dataset, indices: torch.Tensor) -> Any:
+    if isinstance(data, TensorDataset):
+        return tuple(t[indices] for t in data.tensors)
+    return default_collate([data[i] for i in indices.tolist()])
+
+
+def _endless_batches(data: Dataset, batch_size: int, rng: np.random.Generator) -> Iterator[Any]:
+    generator = torch.Generator().manual_seed(int(rng.integers(2**63 - 1)))
+    while True:
+        order = torch.randperm(len(data), generator=generator)
+        for start in range(0, len(order) - batch_size + 1, batch_size):
+            yield _collate(data, order[start : start + batch_size])
+        if len(order) < batch_size:
+            yield _collate(data, order)
+
+
+def _ordered_batches(data: Dataset, batch_size: int) -> Iterator[Any]:
+    for start in range(0, len(data), batch_size):
+        yield _collate(data, torch.arange(start, min(start + batch_size, len(data))))
+
+
+def _to_device(inputs: Any, device: torch.device) -> Any:
+    if isinstance(inputs, Mapping):
+        return {key: value.to(device) for key, value in inputs.items()}
+    return inputs.to(device)

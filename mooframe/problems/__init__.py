@@ -1,0 +1,1 @@
+"""Problems: synthetic benchmarks with known fronts, and merging problems over real models."""

@@ -1,0 +1,85 @@
+"""Names -> classes for problems, Pareto set models and solvers.
+
+Each entry is "module:attribute", imported only when used, so `mooframe list` stays fast and heavy optional
+dependencies load only for the pieces that need them. Adding a method is one module and one line here.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from mooframe.pareto_set import ParetoSetModel
+from mooframe.problem import Problem
+from mooframe.solver import Solver
+
+PROBLEMS: dict[str, str] = {
+    "zdt1": "mooframe.problems.synthetic:ZDT1",
+    "zdt2": "mooframe.problems.synthetic:ZDT2",
+    "zdt3": "mooframe.problems.synthetic:ZDT3",
+    "dtlz2": "mooframe.problems.synthetic:DTLZ2",
+    "vlmop2": "mooframe.problems.synthetic:VLMOP2",
+}
+
+MODELS: dict[str, str] = {
+    "hypernet": "mooframe.models.hypernetwork:HypernetworkPSL",
+}
+
+SOLVERS: dict[str, str] = {
+    "ls": "mooframe.solvers.ls:LinearScalarization",
+}
+
+_KINDS = {"problem": PROBLEMS, "model": MODELS, "solver": SOLVERS}
+
+
+def resolve(kind: str, name: str) -> type:
+    """The class registered as `name` among problems, models or solvers; ValueError listing known names."""
+    table = _KINDS[kind]
+    key = name.lower()
+    if key not in table:
+        raise ValueError(f"unknown {kind} {name!r}; known {kind}s: {', '.join(sorted(table))}")
+    module_name, attribute = table[key].split(":")
+    return getattr(importlib.import_module(module_name), attribute)
+
+
+def build_problem(problem: str | Problem, **kwargs: Any) -> Problem:
+    """A problem instance from a registered name (with constructor kwargs) or an instance (returned as is)."""
+    if isinstance(problem, Problem):
+        _reject_kwargs(kwargs, problem)
+        return problem
+    instance = resolve("problem", problem)(**kwargs)
+    instance.registry_name = problem.lower()
+    return instance
+
+
+def build_model(model: str | ParetoSetModel, problem: Problem, **kwargs: Any) -> ParetoSetModel:
+    """A Pareto set model for `problem` from a registered name (with kwargs) or an instance."""
+    if isinstance(model, ParetoSetModel):
+        _reject_kwargs(kwargs, model)
+        return model
+    instance = resolve("model", model)(problem, **kwargs)
+    instance.registry_name = model.lower()
+    return instance
+
+
+def build_solver(solver: str | Solver, **kwargs: Any) -> Solver:
+    """A solver from a registered name (with kwargs) or an instance."""
+    if isinstance(solver, Solver):
+        _reject_kwargs(kwargs, solver)
+        return solver
+    instance = resolve("solver", solver)(**kwargs)
+    instance.registry_name = solver.lower()
+    return instance
+
+
+def registered() -> dict[str, list[str]]:
+    """All registered names, by kind."""
+    return {kind: sorted(table) for kind, table in _KINDS.items()}
+
+
+def _reject_kwargs(kwargs: dict[str, Any], instance: object) -> None:
+    if kwargs:
+        raise ValueError(
+            f"options {sorted(kwargs)} were given with an already built {type(instance).__name__}; "
+            "pass them to its constructor instead"
+        )

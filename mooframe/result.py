@@ -1,0 +1,187 @@
+"""ParetoSetResult: a trained Pareto set model with its problem, queried by preference, saved as safetensors + JSON."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from mooframe.pareto_set import ParetoSetModel
+from mooframe.preferences import PreferenceLike, check_preference, uniform_grid
+from mooframe.problem import Problem
+from mooframe.solver import Solver
+
+FORMAT = "mooframe-run/1"
+CONFIG_FILE, MODEL_FILE, HISTORY_FILE = "config.json", "model.safetensors", "history.safetensors"
+
+
+@dataclass
+class Front:
+    """Objective values (minimized) and per-task metrics of a Pareto set at a list of preferences."""
+
+    prefs: np.ndarray
+    objectives: np.ndarray
+    objective_names: list[str]
+    metrics: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def to_csv(self, path: str | Path) -> None:
+        """One row per preference: the preference, the objectives, then each metric per objective."""
+        names = self.objective_names
+        header = [f"pref_{n}" for n in names] + list(names)
+        header += [f"{metric}_{n}" for metric in self.metrics for n in names]
+        with open(path, "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(header)
+            for i in range(len(self.prefs)):
+                row = [*self.prefs[i], *self.objectives[i]]
+                for values in self.metrics.values():
+                    row.extend(values[i])
+                writer.writerow([f"{v:.10g}" for v in row])
+
+
+class ParetoSetResult:
+    """The outcome of `solve`: query the learned Pareto set by preference, evaluate its front, save and load it."""
+
+    def __init__(
+        self,
+        problem: Problem,
+        model: ParetoSetModel,
+        solver: Solver,
+        settings: dict[str, Any] | None = None,
+        history: dict[str, np.ndarray] | None = None,
+    ) -> None:
+        self.problem = problem
+        self.model = model
+        self.solver = solver
+        self.settings = settings or {}
+        self.history = history or {}
+
+    @property
+    def n_objectives(self) -> int:
+        return self.problem.n_objectives
+
+    def model_at(self, pref: PreferenceLike) -> Any:
+        """The standalone solution for `pref` (for merging models: a plain module, no routers left)."""
+        self.model.eval()
+        return self.model.materialize(pref)
+
+    def front(
+        self, prefs: Sequence[PreferenceLike] | np.ndarray | None = None, n: int = 11, progress: bool = False
+    ) -> Front:
+        """Evaluate the set at `prefs`, or at the uniform grid with `n` points per simplex edge."""
+        grid = uniform_grid(self.n_objectives, n) if prefs is None else np.asarray(prefs, dtype=float)
+        grid = np.stack([check_preference(p, self.n_objectives).double().numpy() for p in grid])
+        objectives, metrics = [], {}
+        for pref in tqdm(grid, desc="front", disable=not progress):
+            evaluation = self.problem.evaluate(self.model_at(pref))
+            objectives.append(evaluation.objectives)
+            for name, values in evaluation.metrics.items():
+                metrics.setdefault(name, []).append(values)
+        return Front(
+            prefs=grid,
+            objectives=np.asarray(objectives, dtype=float),
+            objective_names=list(self.problem.objective_names),
+            metrics={name: np.asarray(values, dtype=float) for name, values in metrics.items()},
+        )
+
+    def save(self, directory: str | Path) -> Path:
+        """Write the run to `directory` (config.json, model.safetensors, history.safetensors), atomically.
+
+        The files are written to a temporary sibling folder first and moved into place at the end, so an
+        interrupted save never leaves a half-written run behind.
+        """
+        directory = Path(directory)
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+        try:
+            config = {
+                "format": FORMAT,
+                "problem": self.problem.spec(),
+                "model": self.model.spec(),
+                "solver": self.solver.spec(),
+                "objective_names": list(self.problem.objective_names),
+                "settings": self.settings,
+            }
+            (staging / CONFIG_FILE).write_text(json.dumps(config, indent=2))
+            state = {k: v.detach().cpu().contiguous() for k, v in self.model.trainable_state().items()}
+            save_file(state, str(staging / MODEL_FILE))
+            history = {k: torch.as_tensor(np.asarray(v, dtype=np.float64)) for k, v in self.history.items()}
+            save_file(history, str(staging / HISTORY_FILE))
+            _replace_directory(staging, directory)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        return directory
+
+    @classmethod
+    def load(
+        cls, directory: str | Path, problem: Problem | None = None, device: str | torch.device = "cpu"
+    ) -> ParetoSetResult:
+        """Read a run written by `save`. Pass `problem` when the run's problem was not built by name."""
+        from mooframe.registry import build_model, build_problem, build_solver
+
+        directory = Path(directory)
+        if not directory.is_dir():
+            raise FileNotFoundError(f"run directory {directory} does not exist")
+        config = _read_json(directory / CONFIG_FILE)
+        if config.get("format") != FORMAT:
+            raise ValueError(f"{directory / CONFIG_FILE} is not a mooframe run (format {config.get('format')!r})")
+        if problem is None:
+            if config["problem"] is None:
+                raise ValueError(
+                    f"the run in {directory} was made with a problem instance that is not registered by name; "
+                    "pass it as ParetoSetResult.load(directory, problem=...)"
+                )
+            problem = build_problem(config["problem"]["name"], **config["problem"]["kwargs"])
+        problem = problem.to(device)
+        if config["model"] is None:
+            raise ValueError(
+                f"the run in {directory} used a model that is not registered by name; it cannot be rebuilt"
+            )
+        model = build_model(config["model"]["name"], problem, **config["model"]["kwargs"]).to(device)
+        model.load_trainable_state(_read_safetensors(directory / MODEL_FILE))
+        solver = build_solver(config["solver"]["name"], **config["solver"]["kwargs"])
+        history = {k: v.numpy() for k, v in _read_safetensors(directory / HISTORY_FILE).items()}
+        return cls(problem, model, solver, settings=config.get("settings", {}), history=history)
+
+
+def _replace_directory(staging: Path, directory: Path) -> None:
+    """Move `staging` to `directory`, replacing an existing run only once the new one is complete."""
+    if directory.exists():
+        backup = directory.with_name(f".{directory.name}.old")
+        shutil.rmtree(backup, ignore_errors=True)
+        os.replace(directory, backup)
+        os.replace(staging, directory)
+        shutil.rmtree(backup, ignore_errors=True)
+    else:
+        os.replace(staging, directory)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise FileNotFoundError(f"missing file {path}")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"corrupt JSON in {path}: {error}") from error
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise FileNotFoundError(f"missing file {path}")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as error:
+        raise ValueError(f"corrupt safetensors file {path}: {error}") from error

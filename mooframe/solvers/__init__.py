@@ -1,0 +1,1 @@
+"""Solvers: one module per method, each a `mooframe.solver.Solver`."""
