@@ -104,6 +104,7 @@ def solve(
         "seed": seed,
         "device": str(device),
         "train_seconds": time.perf_counter() - start,
+        "solver_stats": solver.stats(),
     }
     history_arrays = {key: np.asarray(values, dtype=float).reshape(-1, n_objectives) for key, values in history.items()}
     return ParetoSetResult(problem, model, solver, settings=settings, history=history_arrays)
