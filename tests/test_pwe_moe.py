@@ -256,3 +256,15 @@ def test_bad_options_are_named(problem):
         solve("zdt1", "pwe_moe", steps=1, progress=False)
     with pytest.raises(ValueError, match="unknown init"):
         PerRayModels(problem, init="random")
+
+
+def test_saved_run_holds_only_the_routers_and_reloads_to_the_same_front(problem, tmp_path):
+    from safetensors.torch import load_file
+
+    from mooframe.result import ParetoSetResult
+
+    result = solve(problem, "pwe_moe", "ls", steps=5, progress=False, model_kwargs={"upscale": UPSCALE_ALL})
+    result.save(tmp_path / "run")
+    assert set(load_file(tmp_path / "run" / "model.safetensors")) == set(result.model.trainable_state())
+    loaded = ParetoSetResult.load(tmp_path / "run", problem=problem)
+    np.testing.assert_array_equal(loaded.front(n=5).objectives, result.front(n=5).objectives)
