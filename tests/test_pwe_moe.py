@@ -200,11 +200,12 @@ def test_gram_path_gives_the_ls_update(problem):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
-def test_pwe_moe_front_beats_preference_weighted_task_arithmetic(problem):
+@pytest.mark.parametrize("solver", ["ls", _GramLS()], ids=["ls", "gram_path"])
+def test_pwe_moe_front_beats_preference_weighted_task_arithmetic(problem, solver):
     hv = HV(ref_point=np.ones(2))
     baseline = solve(problem, "task_arithmetic", progress=False).front(n=11)
     result = solve(
-        problem, "pwe_moe", "ls", steps=300, lr=2e-2, alpha=0.5, progress=False, model_kwargs={"upscale": UPSCALE_ALL}
+        problem, "pwe_moe", solver, steps=300, lr=2e-2, alpha=0.5, progress=False, model_kwargs={"upscale": UPSCALE_ALL}
     )
     front = result.front(n=11)
     assert hv(front.objectives) > hv(baseline.objectives) + 0.05

@@ -36,12 +36,6 @@ class TensorDict(nn.Module):
     def __getitem__(self, name: str) -> torch.Tensor:
         return getattr(self, f"t{self._index[name]}")
 
-    def __len__(self) -> int:
-        return len(self._index)
-
-    def keys(self) -> Iterator[str]:
-        return iter(self._index)
-
     def items(self) -> Iterator[tuple[str, torch.Tensor]]:
         return ((name, self[name]) for name in self._index)
 
