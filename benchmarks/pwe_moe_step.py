@@ -3,7 +3,8 @@
 Measured side by side in one run, each configuration in its own subprocess (clean peak memory), on a CLIP
 ViT-B/32 vision tower (transformers' CLIPVisionConfig defaults) with random weights and random experts:
 
-    (a) T=2: PWE-MoE (MLP preset, LS) step / LS full fine-tuning step (one model, `per_ray` with one ray)
+    (a) T=2: PWE-MoE (MLP preset, LS) step / LS full fine-tuning step (one model, `per_ray` with one ray),
+        also with the task vectors in bfloat16
     (b) T=8: PWE-MoE with a Gram-path solver (LS routed through per-task gradients, as EPO/MGDA) / with LS
 
 Usage: python benchmarks/pwe_moe_step.py [--device cuda] [--size small] [--steps 3]
@@ -27,6 +28,7 @@ SIZES = {
 CASES = {
     "full_ft": {"model": "per_ray", "solver": "ls", "tasks": 2},
     "pwe_moe": {"model": "pwe_moe", "solver": "ls", "tasks": 2},
+    "pwe_moe_bf16": {"model": "pwe_moe", "solver": "ls", "tasks": 2, "options": {"task_vector_dtype": "bfloat16"}},
     "pwe_moe_t8": {"model": "pwe_moe", "solver": "ls", "tasks": 8},
     "pwe_moe_t8_gram": {"model": "pwe_moe", "solver": "gram_ls", "tasks": 8},
 }
@@ -63,7 +65,9 @@ def measure(case: str, size: str, device: str, steps: int, batch: int) -> dict[s
     problem = MergingProblem(backbone, experts, heads, data, batch_size=batch, upscale_presets=UPSCALE_PRESETS)
     del experts
     problem.to(device)
-    options = {"rays": [[1 / spec["tasks"]] * spec["tasks"]]} if spec["model"] == "per_ray" else {}
+    options = spec.get("options", {})
+    if spec["model"] == "per_ray":
+        options = {"rays": [[1 / spec["tasks"]] * spec["tasks"]]}  # full fine-tuning of one model
     model = build_model(spec["model"], problem, **options).to(device)
     solver = GramLS() if spec["solver"] == "gram_ls" else LinearScalarization()
     run = {"progress": False, "device": device, "lr": 1e-5}
@@ -119,6 +123,7 @@ def main() -> None:
     print(f"size {args.size}, device {args.device}, batch {args.batch} per task, {args.steps} timed steps")
     for label, num, den in (
         ("(a) PWE-MoE(LS) / LS full fine-tuning, T=2", "pwe_moe", "full_ft"),
+        ("(a) PWE-MoE(LS), bfloat16 task vectors / LS full fine-tuning, T=2", "pwe_moe_bf16", "full_ft"),
         ("(b) PWE-MoE Gram path / LS, T=8", "pwe_moe_t8_gram", "pwe_moe_t8"),
     ):
         if num in results and den in results:

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.autograd.graph import GradientEdge
 from tqdm.auto import tqdm
 
 from mooframe.pareto_set import ParetoSetModel
@@ -129,14 +130,29 @@ def _backward(
 def per_task_gradients(losses: torch.Tensor, params: list[torch.nn.Parameter]) -> torch.Tensor:
     """The T x P matrix whose row t is the gradient of loss t with respect to `params`, flattened."""
     rows = []
-    for t in range(losses.numel()):
-        grads = torch.autograd.grad(losses[t], params, retain_graph=True, allow_unused=True)
+    for output in _task_outputs(losses):
+        grads = (None,) * len(params)
+        if output is not None:
+            seed = torch.ones((), dtype=losses.dtype, device=losses.device)
+            grads = torch.autograd.grad(output, params, seed, retain_graph=True, allow_unused=True)
         rows.append(
             torch.cat(
                 [(g if g is not None else torch.zeros_like(p)).flatten() for g, p in zip(grads, params, strict=True)]
             )
         )
     return torch.stack(rows)
+
+
+def _task_outputs(losses: torch.Tensor) -> list[torch.Tensor | GradientEdge | None]:
+    """Each loss as an autograd output; None for a loss that depends on no trainable tensor.
+
+    When `losses` is a torch.stack of per-task scalars (as problems build it), task t's output is the stack's
+    input t: differentiating `losses[t]` would run every task's backward, all but one with zero gradients.
+    """
+    node = losses.grad_fn
+    if node is not None and node.name() == "StackBackward0" and len(node.next_functions) == losses.numel():
+        return [GradientEdge(child, nr) if child is not None else None for child, nr in node.next_functions]
+    return [losses[t] if losses.requires_grad else None for t in range(losses.numel())]
 
 
 def parameters_reached(output: torch.Tensor, params: list[torch.nn.Parameter]) -> list[torch.nn.Parameter]:

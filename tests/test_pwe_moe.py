@@ -269,3 +269,22 @@ def test_saved_run_holds_only_the_routers_and_reloads_to_the_same_front(problem,
     assert set(load_file(tmp_path / "run" / "model.safetensors")) == set(result.model.trainable_state())
     loaded = ParetoSetResult.load(tmp_path / "run", problem=problem)
     np.testing.assert_array_equal(loaded.front(n=5).objectives, result.front(n=5).objectives)
+
+
+def test_gram_path_runs_each_task_backward_once(problem):
+    """Task t's gradient must not run the other tasks' backward passes (with zero gradients) through the stack."""
+    from mooframe.solve import _backward
+
+    model, calls = PWEMoE(problem, upscale="mlp"), [0, 0]
+    heads = copy.deepcopy(problem.heads)
+    hooks = [head.register_full_backward_hook(lambda *_, t=t: calls.__setitem__(t, calls[t] + 1)) for t, head in
+             enumerate(heads)]  # fmt: skip
+    pref = torch.tensor([0.5, 0.5])
+    solution = model(pref)
+    batch = next(problem.batches(np.random.default_rng(0)))
+    losses = torch.stack([nn.functional.cross_entropy(heads[t](solution(x)), y) for t, (x, y) in enumerate(batch)])
+    weights = _backward(losses, pref, _GramLS(), model.trainable_parameters())
+    for hook in hooks:
+        hook.remove()
+    assert calls == [1, 1]
+    torch.testing.assert_close(weights, pref)
