@@ -123,9 +123,8 @@ def main() -> None:
         results[case] = json.loads(out.strip().splitlines()[-1])
         r = results[case]
         print(f"{case:16s} {r['seconds_per_step']:8.3f} s/step  peak {r['peak_bytes'] / 2**30:6.2f} GiB", flush=True)
-    print(
-        f"size {args.size}, device {args.device}, batch {args.batch} per task, fastest of {args.repeats} x {args.steps} steps"
-    )
+    timing = f"fastest of {args.repeats} x {args.steps} steps"
+    print(f"size {args.size}, device {args.device}, batch {args.batch} per task, {timing}")
     for label, num, den in (
         ("(a) PWE-MoE(LS) / LS full fine-tuning, T=2", "pwe_moe", "full_ft"),
         ("(a) PWE-MoE(LS), bfloat16 task vectors / LS full fine-tuning, T=2", "pwe_moe_bf16", "full_ft"),
