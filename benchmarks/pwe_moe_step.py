@@ -9,9 +9,9 @@ ViT-B/32 vision tower (transformers' CLIPVisionConfig defaults) with random weig
 
 Usage: python benchmarks/pwe_moe_step.py [--device cuda] [--size small] [--steps 3] [--repeats 3]
 Time is wall-clock per step (the fastest run); the process CPU time per step is printed beside it, as it is
-less disturbed by other jobs on a shared CPU. Peak memory is torch.cuda.max_memory_allocated on CUDA, on CPU the resident-set high-water mark (VmHWM) less
-the resident set after imports; both include the problem (pretrained model and T experts), the model, the
-optimizer and the activations.
+less disturbed by other jobs on a shared CPU. Peak memory is torch.cuda.max_memory_allocated on CUDA, on CPU
+the resident-set high-water mark (VmHWM) less the resident set after imports; both include the problem
+(pretrained model and T experts), the model, the optimizer and the activations.
 """
 
 from __future__ import annotations
