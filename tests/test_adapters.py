@@ -28,8 +28,14 @@ def router_parameters(backbone: torch.nn.Module, patterns: list[str], n_tasks: i
 def test_presets_give_the_papers_router_counts_on_real_architectures(layers, width, patch, expected):
     from transformers import CLIPVisionConfig, CLIPVisionModel
 
-    config = CLIPVisionConfig(hidden_size=width, intermediate_size=4 * width, num_hidden_layers=layers,
-                              num_attention_heads=width // 64, patch_size=patch, image_size=224)
+    config = CLIPVisionConfig(
+        hidden_size=width,
+        intermediate_size=4 * width,
+        num_hidden_layers=layers,
+        num_attention_heads=width // 64,
+        patch_size=patch,
+        image_size=224,
+    )
     with torch.device("meta"):
         backbone = hf_clip.HFCLIPVisionBackbone(CLIPVisionModel(config))
     for n_tasks, count in expected.items():

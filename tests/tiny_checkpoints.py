@@ -59,10 +59,23 @@ def write_hf_clip(root: Path, n_experts: int) -> tuple[str, list[str]]:
     names = {word for task in image_tasks().values() for text in task["class_names"] for word in text.split()}
     tokenizer = word_tokenizer(sorted(names - set(WORDS)))
     config = CLIPConfig(
-        text_config=dict(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                         num_attention_heads=2, max_position_embeddings=64, eos_token_id=2),
-        vision_config=dict(image_size=32, patch_size=16, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-                           num_attention_heads=2),
+        text_config=dict(
+            vocab_size=len(tokenizer),
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            max_position_embeddings=64,
+            eos_token_id=2,
+        ),
+        vision_config=dict(
+            image_size=32,
+            patch_size=16,
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+        ),
         projection_dim=8,
     )
     torch.manual_seed(0)
@@ -112,8 +125,15 @@ def write_gpt2(root: Path, num_labels: Sequence[int]) -> tuple[str, list[str]]:
     from transformers import GPT2Config, GPT2ForSequenceClassification, GPT2Model
 
     tokenizer = word_tokenizer(eos="<|endoftext|>", pad=None)
-    config = GPT2Config(vocab_size=len(tokenizer), n_positions=32, n_embd=16, n_layer=2, n_head=2,
-                        eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.eos_token_id)
+    config = GPT2Config(
+        vocab_size=len(tokenizer),
+        n_positions=32,
+        n_embd=16,
+        n_layer=2,
+        n_head=2,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.eos_token_id,
+    )
     torch.manual_seed(0)
     GPT2Model(config).save_pretrained(root / "gpt2")
     tokenizer.save_pretrained(root / "gpt2")

@@ -160,13 +160,14 @@ class ImageDataset(Dataset):
 
 def image_dataset(task: str, source: str | None, split: str, transform: transforms.Compose) -> ImageDataset:
     """Split `split` of `task` from an image folder, a save_to_disk folder, or the hub dataset in the cache."""
-    if source is not None and Path(source, split).is_dir():
+    saved = source is not None and any(Path(source, name).is_file() for name in SAVED_DATASET_FILES)
+    if source is not None and not saved and Path(source).is_dir():
+        if not Path(source, split).is_dir():
+            raise FileNotFoundError(
+                f"no split {split!r} for {task!r} in {source}: expected the image folder {Path(source, split)}/<class>/ "
+                "or a folder written by datasets' save_to_disk"
+            )
         return _image_folder(task, Path(source, split), transform)
-    if source is not None and Path(source).is_dir() and not any(Path(source, f).is_file() for f in SAVED_DATASET_FILES):
-        raise FileNotFoundError(
-            f"no split {split!r} for {task!r} in {source}: expected the image folder {Path(source, split)}/<class>/ "
-            "or a folder written by datasets' save_to_disk"
-        )
     rows = load_hf_dataset(source, image_tasks()[task]["hub_dataset"], split)
     image_column = "image" if "image" in rows.column_names else "img"
     if image_column not in rows.column_names or "label" not in rows.column_names:

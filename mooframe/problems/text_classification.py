@@ -115,6 +115,6 @@ def tokenized(task: str, rows: Any, tokenizer: Any, max_length: int) -> Tokenize
     missing = [c for c in (*GLUE_COLUMNS[task], "label") if c not in rows.column_names]
     if missing:
         raise ValueError(f"GLUE {task!r} data lacks columns {missing}; it has {rows.column_names}")
-    texts = [rows[column] for column in GLUE_COLUMNS[task]]
+    texts = [list(rows[column]) for column in GLUE_COLUMNS[task]]
     tokens = tokenizer(*texts, padding="max_length", truncation=True, max_length=max_length, return_tensors="pt")
-    return TokenizedDataset(tokens["input_ids"], tokens["attention_mask"], torch.tensor(rows["label"]))
+    return TokenizedDataset(tokens["input_ids"], tokens["attention_mask"], torch.tensor(list(rows["label"])))
