@@ -10,8 +10,8 @@ import pytest
 import torch
 from torch.utils.data import default_collate
 
-from mooframe.pareto_set import FunctionalModel, ParetoSetModel
 from mooframe.params import is_json_serializable
+from mooframe.pareto_set import FunctionalModel, ParetoSetModel
 from mooframe.problem import MergingProblem
 from mooframe.problems.image_classification import CLIPImageClassification, image_dataset
 from mooframe.problems.text_classification import GLUETextClassification
@@ -32,7 +32,9 @@ class ScaledTaskArithmetic(ParetoSetModel):
 
     def forward(self, pref: torch.Tensor) -> FunctionalModel:
         weights = self.scales * pref
-        params = {k: v + sum(w * tau[k] for w, tau in zip(weights, self.taus)) for k, v in self.theta0.items()}
+        params = {
+            k: v + sum(w * tau[k] for w, tau in zip(weights, self.taus, strict=True)) for k, v in self.theta0.items()
+        }
         return FunctionalModel(self.base, params)
 
 
@@ -103,7 +105,7 @@ def test_hf_clip_problem_builds_trains_and_rebuilds_from_its_spec(tmp_path, imag
     spec = problem.spec()
     assert is_json_serializable(spec["kwargs"])
     rebuilt = build_problem(spec["name"], **json.loads(json.dumps(spec["kwargs"])))
-    for a, b in zip(rebuilt.expert_states, problem.expert_states):
+    for a, b in zip(rebuilt.expert_states, problem.expert_states, strict=True):
         assert all(torch.equal(a[k], b[k]) for k in a)
     torch.testing.assert_close(rebuilt.heads[1].class_embeddings, problem.heads[1].class_embeddings)
 

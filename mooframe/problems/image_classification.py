@@ -164,8 +164,8 @@ def image_dataset(task: str, source: str | None, split: str, transform: transfor
     if source is not None and not saved and Path(source).is_dir():
         if not Path(source, split).is_dir():
             raise FileNotFoundError(
-                f"no split {split!r} for {task!r} in {source}: expected the image folder {Path(source, split)}/<class>/ "
-                "or a folder written by datasets' save_to_disk"
+                f"no split {split!r} for {task!r} in {source}: expected the image folder "
+                f"{Path(source, split)}/<class>/ or a folder written by datasets' save_to_disk"
             )
         return _image_folder(task, Path(source, split), transform)
     rows = load_hf_dataset(source, image_tasks()[task]["hub_dataset"], split)
