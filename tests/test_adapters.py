@@ -156,3 +156,7 @@ def test_missing_checkpoints_name_the_path_or_hub_id(tmp_path):
         open_clip_adapter.load_expert_state(missing / "e.pt")
     with pytest.raises(FileNotFoundError, match="does not exist"):
         open_clip_adapter.load_backbone(f"local-dir:{missing}")
+    with pytest.raises(FileNotFoundError, match=re.escape(str(missing / "w.pt"))):
+        open_clip_adapter.load_backbone("ViT-B-32", str(missing / "w.pt"))
+    with pytest.raises(ValueError, match="unknown open_clip architecture 'ViT-X'"):
+        open_clip_adapter.load_backbone("ViT-X")

@@ -228,6 +228,9 @@ def test_missing_data_names_the_path_or_hub_id(tmp_path, image_data, monkeypatch
         image_dataset("dtd", str(missing), "train", clip_transform(32))
     with pytest.raises(FileNotFoundError, match=re.escape(f"{image_data[0]}/validation")):
         image_dataset("eurosat", image_data[0], "validation", clip_transform(32))
+    datasets.Dataset.from_dict({"image": random_images(2, 0), "label": [0, 1]}).save_to_disk(tmp_path / "one")
+    with pytest.raises(ValueError, match="holds a single split; save a DatasetDict with a 'train' split"):
+        image_dataset("dtd", str(tmp_path / "one"), "train", clip_transform(32))
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
     with pytest.raises(FileNotFoundError, match=r"'tanganke/dtd' split 'train'.*load_dataset\('tanganke/dtd'\)"):
         image_dataset("dtd", None, "train", clip_transform(32))

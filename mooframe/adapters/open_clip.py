@@ -50,8 +50,11 @@ class OpenCLIPVisionBackbone(Backbone):
 def load_clip(model: str, pretrained: str | None = None) -> nn.Module:
     """The full open_clip model: `model` an architecture name (with `pretrained` a tag such as "openai" found in
     the cache, or a checkpoint file), or "local-dir:/path" holding open_clip_config.json and the weights."""
-    if model.startswith("local-dir:") and not Path(model.removeprefix("local-dir:")).is_dir():
-        raise FileNotFoundError(f"open_clip model folder {model.removeprefix('local-dir:')!r} does not exist")
+    if model.startswith("local-dir:"):
+        if not Path(model.removeprefix("local-dir:")).is_dir():
+            raise FileNotFoundError(f"open_clip model folder {model.removeprefix('local-dir:')!r} does not exist")
+    elif model not in open_clip.list_models():
+        raise ValueError(f"unknown open_clip architecture {model!r}; the paper's are {', '.join(ARCHITECTURES)}")
     if pretrained is not None and ("/" in pretrained or pretrained.endswith((".pt", ".bin", ".safetensors"))):
         if not Path(pretrained).is_file():
             raise FileNotFoundError(f"open_clip checkpoint file {pretrained!r} does not exist")

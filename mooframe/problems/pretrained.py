@@ -49,11 +49,11 @@ def load_hf_dataset(source: str | None, hub_id: str, split: str, config: str | N
                 f"dataset folder {source!r} does not exist; pass a folder written by datasets' save_to_disk"
             )
         loaded = datasets.load_from_disk(source)
-        if isinstance(loaded, datasets.DatasetDict):
-            if split not in loaded:
-                raise ValueError(f"{source} has splits {sorted(loaded)}, not {split!r}; pass one of those")
-            return loaded[split]
-        return loaded
+        if not isinstance(loaded, datasets.DatasetDict):
+            raise ValueError(f"{source} holds a single split; save a DatasetDict with a {split!r} split there")
+        if split not in loaded:
+            raise ValueError(f"{source} has splits {sorted(loaded)}, not {split!r}; pass one of those")
+        return loaded[split]
     try:
         return datasets.load_dataset(hub_id, config, split=split)
     except Exception as error:  # datasets raises many types (ConnectionError, DatasetNotFoundError, ...)
