@@ -15,7 +15,7 @@ from __future__ import annotations
 import copy
 import json
 import shutil
-import tempfile
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +45,8 @@ def export_solution(solution: Any, path: str | Path, card: dict[str, Any], force
     if path.exists() and not force:
         raise ValueError(f"{path} already exists; pass force=True (--force) to replace it, or choose another path")
     path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    staging = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.partial")
+    staging.mkdir()  # not mkdtemp: the export gets the umask's permissions, not 0700
     try:
         family = write_checkpoint(solution, staging)
         card = {"format": CARD_FORMAT, "family": family, **card}
