@@ -72,7 +72,13 @@ def _cmd_export(args: argparse.Namespace) -> None:
 
 def _add_selection_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n", type=int, default=11, help="grid points per simplex edge to evaluate (default 11)")
-    parser.add_argument("--refine", type=int, default=1, metavar="K", help="refine around the choice, K per step")
+    parser.add_argument(
+        "--refine",
+        type=int,
+        default=1,
+        metavar="K",
+        help="then evaluate K-1 more preferences between the choice and each grid neighbour and choose again",
+    )
     parser.add_argument("--runners-up", type=int, default=3, help="how many runners-up to print")
     parser.add_argument("--device", default="cpu")
 

@@ -172,6 +172,8 @@ class ParetoSetResult:
         """
         from mooframe.selection import concat_fronts, local_refinement, parse_rule, select
 
+        if refine < 1:
+            raise ValueError(f"refine must be >= 1 (1: no refinement), got {refine}")
         rule = parse_rule(rule) if isinstance(rule, str) else rule
         if rule.kind == "pref":
             return select(self.front([rule.point]), rule)
