@@ -51,6 +51,7 @@ def export_solution(solution: Any, path: str | Path, card: dict[str, Any], force
         family = write_checkpoint(solution, staging)
         card = {"format": CARD_FORMAT, "family": family, **card}
         (staging / CARD_FILE).write_text(json.dumps(card, indent=2))
+        _share_like_directory(staging)
         _replace_directory(staging, path)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -91,6 +92,14 @@ def as_module(solution: Any) -> nn.Module:
         f"cannot export a solution of type {type(solution).__name__}; "
         "export needs an nn.Module, a FunctionalModel or a tensor"
     )
+
+
+def _share_like_directory(directory: Path) -> None:
+    """Give the files the directory's (umask) read/write bits: safetensors writes its files 0600."""
+    mode = directory.stat().st_mode & 0o666
+    for file in directory.rglob("*"):
+        if file.is_file():
+            file.chmod(mode)
 
 
 def _plain_state(module: nn.Module, prefix: str = "") -> dict[str, torch.Tensor]:

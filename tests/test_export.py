@@ -139,6 +139,8 @@ def test_plain_torch_export_is_the_state_dict_in_safetensors(tmp_path, tiny_merg
         torch.testing.assert_close(module(inputs), result.model_at(PREF)(inputs), rtol=0, atol=1e-6)
     card = json.loads((tmp_path / "plain" / mooframe.export.CARD_FILE).read_text())
     assert card["family"] == "torch" and card["objectives"] is None
+    shared = (tmp_path / "plain").stat().st_mode & 0o666  # the umask's bits, not safetensors' own 0600
+    assert all(f.stat().st_mode & 0o777 == shared for f in (tmp_path / "plain").iterdir())
 
 
 def test_open_clip_export_loads_with_open_clip_load_checkpoint(tmp_path):
