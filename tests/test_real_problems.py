@@ -236,5 +236,7 @@ def test_missing_data_names_the_path_or_hub_id(tmp_path, image_data, monkeypatch
         image_dataset("dtd", None, "train", clip_transform(32))
     with pytest.raises(ValueError, match="unknown image tasks \\['cifar10'\\]"):
         CLIPImageClassification(["cifar10"])
+    with pytest.raises(ValueError, match="unknown model family 'timm'"):
+        CLIPImageClassification(["dtd"], family="timm")
     with pytest.raises(ValueError, match="unknown GLUE tasks \\['wnli'\\]"):
         GLUETextClassification(["wnli"])

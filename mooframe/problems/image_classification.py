@@ -6,9 +6,8 @@ head built from its class names and prompt templates (shipped in data/image_task
 
 from __future__ import annotations
 
-import importlib
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import cache, partial
 from pathlib import Path
 from typing import Any
@@ -18,10 +17,10 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torchvision import transforms
 
+from mooframe.adapters import Backbone
 from mooframe.adapters.zero_shot import cached_zero_shot_head
-from mooframe.problems.pretrained import PretrainedMergingProblem, first, load_hf_dataset, per_task
+from mooframe.problems.pretrained import PretrainedMergingProblem, check_precision, first, load_hf_dataset, per_task
 
-FAMILIES = {"hf_clip": "mooframe.adapters.hf_clip", "open_clip": "mooframe.adapters.open_clip"}
 SAVED_DATASET_FILES = ("dataset_dict.json", "state.json")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 #: OpenAI CLIP's input normalization (also open_clip's for these models).
@@ -81,27 +80,12 @@ class CLIPImageClassification(PretrainedMergingProblem):
         unknown = [task for task in self.tasks if task not in image_tasks()]
         if unknown or not self.tasks:
             raise ValueError(f"unknown image tasks {unknown}; pass some of {', '.join(image_tasks())}")
-        if family not in FAMILIES:
-            raise ValueError(f"unknown model family {family!r}; pass one of {', '.join(FAMILIES)}")
-        adapter = importlib.import_module(FAMILIES[family])
+        check_precision(precision)
         sources = per_task(experts, self.tasks, "expert checkpoints")
         data_sources = per_task(data, self.tasks, "data sources (folders, or None for the cache)")
-        if family == "hf_clip":
-            pretrained = adapter.load_backbone(model)
-            expert_models = [
-                adapter.load_backbone(source or adapter.expert_source(model, task))
-                for source, task in zip(sources, self.tasks, strict=True)
-            ]
-            text_tower = partial(adapter.text_tower, model)
-        else:
-            if experts is None:
-                raise ValueError(
-                    "open_clip experts have no default location; pass experts=[one state dict file per task]"
-                )
-            pretrained = adapter.load_backbone(model, pretrained_weights)
-            expert_models = [adapter.load_expert_state(source) for source in sources]
-            text_tower = partial(adapter.text_tower, model, pretrained_weights)
-
+        pretrained, expert_models, text_tower, presets = load_clip_family(
+            family, model, pretrained_weights, sources, self.tasks
+        )
         model_key = f"{family}:{model}:{pretrained_weights}"
         heads = [
             cached_zero_shot_head(
@@ -124,9 +108,35 @@ class CLIPImageClassification(PretrainedMergingProblem):
             objective=objective,
             batch_size=batch_size,
             eval_batch_size=eval_batch_size,
-            upscale_presets=adapter.UPSCALE_PRESETS,
+            upscale_presets=presets,
         )
         self._set_precision(precision)
+
+
+def load_clip_family(
+    family: str, model: str, pretrained_weights: str | None, experts: list[str | None], tasks: list[str]
+) -> tuple[Backbone, list[Any], Callable[[], tuple], dict[str, list[str]]]:
+    """(pretrained backbone, experts, text-tower loader for the heads, up-scaling presets) of a CLIP family."""
+    if family == "hf_clip":
+        from mooframe.adapters import hf_clip
+
+        expert_models = [
+            hf_clip.load_backbone(source or hf_clip.expert_source(model, task))
+            for source, task in zip(experts, tasks, strict=True)
+        ]
+        return hf_clip.load_backbone(model), expert_models, partial(hf_clip.text_tower, model), hf_clip.UPSCALE_PRESETS
+    if family == "open_clip":
+        from mooframe.adapters import open_clip
+
+        if None in experts:
+            raise ValueError("open_clip experts have no default location; pass experts=[one state dict file per task]")
+        return (
+            open_clip.load_backbone(model, pretrained_weights),
+            [open_clip.load_expert_state(source) for source in experts],
+            partial(open_clip.text_tower, model, pretrained_weights),
+            open_clip.UPSCALE_PRESETS,
+        )
+    raise ValueError(f"unknown model family {family!r}; pass 'hf_clip' or 'open_clip'")
 
 
 def clip_transform(image_size: int) -> transforms.Compose:

@@ -24,10 +24,8 @@ class PretrainedMergingProblem(MergingProblem):
     """
 
     def _set_precision(self, precision: str) -> None:
-        if precision not in PRECISIONS:
-            raise ValueError(f"unknown precision {precision!r}; pass one of {', '.join(PRECISIONS)}")
+        dtype = check_precision(precision)
         self.precision = precision
-        dtype = PRECISIONS[precision]
         self.pretrained.to(dtype)
         self.heads.to(dtype)
         self.expert_states = [{k: v.to(dtype) for k, v in state.items()} for state in self.expert_states]
@@ -37,6 +35,13 @@ class PretrainedMergingProblem(MergingProblem):
             return super().logits(solution, task, inputs)
         with torch.autocast(self.device.type, dtype=PRECISIONS[self.precision]):
             return super().logits(solution, task, inputs).float()
+
+
+def check_precision(precision: str) -> torch.dtype:
+    """The dtype named by `precision`; ValueError listing the known names."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; pass one of {', '.join(PRECISIONS)}")
+    return PRECISIONS[precision]
 
 
 def load_hf_dataset(source: str | None, hub_id: str, split: str, config: str | None = None) -> Any:

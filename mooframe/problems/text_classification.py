@@ -13,7 +13,7 @@ import torch
 from torch.utils.data import Dataset
 
 from mooframe.adapters import gpt2
-from mooframe.problems.pretrained import PretrainedMergingProblem, first, load_hf_dataset, per_task
+from mooframe.problems.pretrained import PretrainedMergingProblem, check_precision, first, load_hf_dataset, per_task
 
 #: Text columns of each GLUE task (one sentence or a pair).
 GLUE_COLUMNS: dict[str, tuple[str, ...]] = {
@@ -71,6 +71,7 @@ class GLUETextClassification(PretrainedMergingProblem):
             raise ValueError(f"unknown GLUE tasks {unknown}; pass some of {', '.join(GLUE_COLUMNS)}")
         if max_length < 2:
             raise ValueError(f"max_length must be >= 2 tokens, got {max_length}")
+        check_precision(precision)
         sources = per_task(experts, self.tasks, "expert checkpoints")
         data_sources = per_task(data, self.tasks, "data folders (or None for the cache)")
         pretrained = gpt2.load_backbone(model)
