@@ -50,7 +50,8 @@ def direct_accuracy(problem: MergingProblem, solution, task: int) -> float:
     return correct / len(data)
 
 
-def check_trains_and_evaluates(problem: MergingProblem) -> None:
+def check_trains_and_evaluates(problem: MergingProblem) -> FunctionalModel:
+    """Train a few steps through solve(), check evaluate() against a direct computation; return model_at(equal)."""
     model = ScaledTaskArithmetic(problem)
     result = solve(problem, model=model, solver="ls", steps=3, lr=0.1, progress=False)
     assert result.history["loss"].shape == (3, problem.n_objectives)
@@ -61,6 +62,7 @@ def check_trains_and_evaluates(problem: MergingProblem) -> None:
     for task in range(problem.n_objectives):
         assert evaluation.metrics["accuracy"][task] == pytest.approx(direct_accuracy(problem, solution, task))
     np.testing.assert_allclose(evaluation.objectives, 1 - evaluation.metrics["accuracy"])
+    return solution
 
 
 @pytest.fixture(scope="module")
@@ -201,7 +203,10 @@ def glue_data(tmp_path_factory):
 
 
 def test_gpt2_glue_problem_builds_trains_and_scores_with_each_experts_head(tmp_path, glue_data):
-    from transformers import GPT2ForSequenceClassification
+    from transformers import GPT2ForSequenceClassification, GPT2Model
+
+    from mooframe.adapters.gpt2 import GPT2Backbone
+    from mooframe.export import export_solution
 
     model, experts = write_gpt2(tmp_path, num_labels=[3, 2])
     problem = build_problem(
@@ -215,7 +220,12 @@ def test_gpt2_glue_problem_builds_trains_and_scores_with_each_experts_head(tmp_p
         merged_at_expert = FunctionalModel(problem.pretrained, problem.expert_states[1])
         torch.testing.assert_close(problem.logits(merged_at_expert, 1, inputs), expert_logits)
     assert is_json_serializable(problem.spec()["kwargs"])
-    check_trains_and_evaluates(problem)
+    solution = check_trains_and_evaluates(problem)
+
+    exported = export_solution(solution, tmp_path / "export", card={})  # a plain GPT-2 checkpoint, no routers
+    reloaded = GPT2Backbone(GPT2Model.from_pretrained(exported))
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(**inputs), solution(**inputs))
 
 
 def test_missing_data_names_the_path_or_hub_id(tmp_path, image_data, monkeypatch):
