@@ -37,7 +37,7 @@ def build(n_tasks: int, batch: int, precision: str, device: str) -> PretrainedMe
         TensorDataset(torch.randn(4 * batch, 3, 224, 224), torch.randint(0, 10, (4 * batch,))) for _ in range(n_tasks)
     ]
     problem = PretrainedMergingProblem(pretrained, experts, heads, data, batch_size=batch)
-    problem._set_precision(precision)
+    problem.set_precision(precision)
     return problem.to(device)
 
 

@@ -110,7 +110,7 @@ class CLIPImageClassification(PretrainedMergingProblem):
             eval_batch_size=eval_batch_size,
             upscale_presets=presets,
         )
-        self._set_precision(precision)
+        self.set_precision(precision)
 
 
 def load_clip_family(

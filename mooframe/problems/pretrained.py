@@ -23,7 +23,10 @@ class PretrainedMergingProblem(MergingProblem):
     of the Pareto set model stay float32 and the losses are computed in float32.
     """
 
-    def _set_precision(self, precision: str) -> None:
+    precision: str = "float32"
+
+    def set_precision(self, precision: str) -> None:
+        """Store the frozen parts in `precision` ("float32", "bfloat16" or "float16") and compute under autocast."""
         dtype = check_precision(precision)
         self.precision = precision
         self.pretrained.to(dtype)

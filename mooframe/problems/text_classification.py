@@ -95,7 +95,7 @@ class GLUETextClassification(PretrainedMergingProblem):
             eval_batch_size=eval_batch_size,
             upscale_presets=gpt2.UPSCALE_PRESETS,
         )
-        self._set_precision(precision)
+        self.set_precision(precision)
 
 
 class TokenizedDataset(Dataset):
