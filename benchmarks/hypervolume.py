@@ -56,7 +56,7 @@ def calibrate() -> None:
             _, seconds = timed(hypervolume, sphere_points(n, m), np.full(m, 1.1), method="exact")
             rows.append((m, n, seconds))
             print(f"m={m} n={n:5d} exact {seconds:8.3f} s  model {estimated_exact_seconds(n, m):8.3f} s", flush=True)
-    m, n, t = (np.array(column, dtype=float) for column in zip(*rows))
+    m, n, t = np.array(rows, dtype=float).T
     design = np.stack([np.ones_like(m), m, m * np.log(n), np.log(n)], axis=1)
     fit, *_ = np.linalg.lstsq(design, np.log(t), rcond=None)
     print("log t = a + b m + (c m + d) log n with (a, b, c, d) =", np.round(fit, 2).tolist())

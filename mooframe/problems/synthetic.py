@@ -12,6 +12,7 @@ from abc import abstractmethod
 import numpy as np
 import torch
 
+from mooframe.indicators import non_dominated
 from mooframe.problem import Evaluation, Problem
 
 
@@ -68,7 +69,10 @@ class _ZDT(SyntheticProblem):
     def true_front(self, n_points: int = 1000) -> np.ndarray:
         from pymoo.problems import get_problem
 
-        return get_problem(self.pymoo_name, n_var=self.n_var).pareto_front(n_pareto_points=n_points)
+        # positional: pymoo names this argument n_pareto_points for ZDT1/2 but n_points for ZDT3
+        front = get_problem(self.pymoo_name, n_var=self.n_var).pareto_front(n_points)
+        # pymoo's ZDT3 region bounds are rounded: each region's first point is dominated by the previous region's last
+        return front[non_dominated(front)]
 
 
 class ZDT1(_ZDT):
