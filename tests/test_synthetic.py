@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 import torch
 from pymoo.problems import get_problem
+from pymoo.util.ref_dirs import get_reference_directions
 
 from mooframe.indicators import non_dominated
 from mooframe.problems.synthetic import DTLZ2, VLMOP2, ZDT1, ZDT2, ZDT3
@@ -73,8 +74,10 @@ def test_zdt_true_fronts_are_non_dominated_and_attained_at_x_rest_zero(problem):
 def test_dtlz2_true_front_is_the_unit_sphere_attained_at_tail_one_half():
     problem = DTLZ2()
     front = problem.true_front(100)
-    assert front.shape == (100, 3) and non_dominated(front).all()
+    assert front.shape == (105, 3) and non_dominated(front).all()  # the smallest Das-Dennis grid >= 100 points
     np.testing.assert_allclose(np.linalg.norm(front, axis=1), 1.0, atol=1e-12)
+    pymoo_front = get_problem("dtlz2").pareto_front(get_reference_directions("uniform", 3, n_partitions=13))
+    np.testing.assert_allclose(front, pymoo_front, atol=1e-12)
     x = torch.rand(50, problem.n_var, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     x[:, problem.n_obj - 1 :] = 0.5
     np.testing.assert_allclose(np.linalg.norm(problem.objectives(x).numpy(), axis=1), 1.0, atol=1e-12)
