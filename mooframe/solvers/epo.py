@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 
@@ -47,6 +49,7 @@ class EPO(Solver):
     def reset(self, n_objectives: int) -> None:
         super().reset(n_objectives)
         self._counts = dict.fromkeys(self._counts, 0)
+        self._programs = None
 
     def weights(self, losses: torch.Tensor, pref: torch.Tensor, gram: torch.Tensor | None = None) -> torch.Tensor:
         n = losses.numel()
@@ -74,7 +77,9 @@ class EPO(Solver):
         return torch.as_tensor(alpha)
 
     def stats(self) -> dict[str, float]:
-        return dict(self._counts)
+        """LPs solved in each mode, fallbacks taken, and solutions the backend flagged as inaccurate."""
+        inaccurate = self._programs.inaccurate if self._programs is not None else 0
+        return {**self._counts, "inaccurate": inaccurate}
 
 
 def non_uniformity(rl: np.ndarray) -> float:
@@ -101,6 +106,7 @@ class _EPOPrograms:
         import cvxpy as cp
 
         self.n, self.solver = n, solver
+        self.inaccurate = 0
         self.alpha = cp.Variable(n)
         self.c = cp.Parameter((n, n))
         self.ca = cp.Parameter(n)
@@ -109,7 +115,9 @@ class _EPOPrograms:
         self.ca_floor = cp.Parameter()  # min(max(Ca), 0) computed in numpy: cp.neg(cp.max(Ca)) is not DPP
         simplex = [self.alpha >= 0, cp.sum(self.alpha) == 1]
         descent = cp.Maximize(cp.sum(self.c @ self.alpha))
-        self._balance = cp.Problem(cp.Maximize(self.ca @ self.alpha), [*simplex, self.c_active @ self.alpha >= self.rhs])
+        self._balance = cp.Problem(
+            cp.Maximize(self.ca @ self.alpha), [*simplex, self.c_active @ self.alpha >= self.rhs]
+        )
         self._descent = cp.Problem(descent, [*simplex, self.ca @ self.alpha >= self.ca_floor, self.c @ self.alpha >= 0])
         self._relaxed = cp.Problem(descent, [*simplex, self.c @ self.alpha >= 0])
 
@@ -138,11 +146,17 @@ class _EPOPrograms:
         import cvxpy as cp
 
         try:
-            problem.solve(solver=self.solver)
+            with warnings.catch_warnings():  # an inaccurate solution is still a usable direction; counted instead
+                warnings.simplefilter("ignore")
+                problem.solve(solver=self.solver)
         except cp.SolverError:
             return None
         alpha = self.alpha.value
-        if problem.status not in (cp.OPTIMAL, cp.OPTIMAL_INACCURATE) or alpha is None or not np.isfinite(alpha).all():
+        if problem.status == cp.OPTIMAL_INACCURATE:
+            self.inaccurate += 1
+        elif problem.status != cp.OPTIMAL:
+            return None
+        if alpha is None or not np.isfinite(alpha).all():
             return None
         alpha = np.clip(alpha, 0.0, None)
         return alpha / alpha.sum() if alpha.sum() > 0 else None

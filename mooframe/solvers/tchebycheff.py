@@ -28,7 +28,9 @@ class Tchebycheff(Solver):
     def reset(self, n_objectives: int) -> None:
         super().reset(n_objectives)
         if self.ideal is not None and len(self.ideal) != n_objectives:
-            raise ValueError(f"ideal has {len(self.ideal)} values for {n_objectives} objectives; pass one per objective")
+            raise ValueError(
+                f"ideal has {len(self.ideal)} values for {n_objectives} objectives; pass one per objective"
+            )
         self._running_min = None
 
     def weights(self, losses: torch.Tensor, pref: torch.Tensor, gram: torch.Tensor | None = None) -> torch.Tensor:
