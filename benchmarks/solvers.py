@@ -16,7 +16,7 @@ import time
 import numpy as np
 import torch
 
-from mooframe.solvers.epo import EPO, BACKENDS, _EPOPrograms
+from mooframe.solvers.epo import BACKENDS, EPO, _EPOPrograms
 from mooframe.solvers.mgda import min_norm_weights
 
 REPEATS = 200

@@ -13,7 +13,7 @@ from mooframe.registry import SOLVERS, build_solver
 from mooframe.solver import Solver
 from mooframe.solvers.epo import EPO, adjustment, non_uniformity
 from mooframe.solvers.ls import LinearScalarization
-from mooframe.solvers.mgda import MGDA, min_norm_weights
+from mooframe.solvers.mgda import min_norm_weights
 from mooframe.solvers.smooth_tchebycheff import SmoothTchebycheff
 from mooframe.solvers.tchebycheff import Tchebycheff
 
@@ -156,10 +156,10 @@ def test_epo_backends_reach_the_same_lp_optimum(mode_losses):
 def test_tchebycheff_weights_are_the_gradient_of_the_scalarization():
     losses, pref, ideal = torch.tensor([0.7, 0.4, 0.9]), torch.tensor([0.2, 0.5, 0.3]), [0.1, 0.0, 0.2]
     for solver, scalarization in (
-        (Tchebycheff(ideal=ideal), lambda l: torch.max(pref * (l - torch.tensor(ideal)))),
+        (Tchebycheff(ideal=ideal), lambda v: torch.max(pref * (v - torch.tensor(ideal)))),
         (
             SmoothTchebycheff(mu=0.05, ideal=ideal),
-            lambda l: 0.05 * torch.logsumexp(pref * (l - torch.tensor(ideal)) / 0.05, 0),
+            lambda v: 0.05 * torch.logsumexp(pref * (v - torch.tensor(ideal)) / 0.05, 0),
         ),
     ):
         point = losses.clone().requires_grad_()
