@@ -12,6 +12,9 @@ from mooframe.solvers.gram import check_gram
 
 BACKENDS = {"highs": "HIGHS", "osqp": "OSQP"}
 _TINY = 1e-12
+# Constraint slack, relative to C scaled to unit max entry: float32 gradients give C with relative rounding ~1e-7,
+# which makes the exact constraints infeasible at Pareto-stationary points (anti-parallel gradients).
+_SLACK = 1e-6
 
 
 class EPO(Solver):
@@ -26,7 +29,8 @@ class EPO(Solver):
       (C alpha)_j >= 0 for the j of largest r_j l_j;
     - descent (mu <= eps): max 1^T C alpha  s.t.  alpha^T C a >= min(max_j (C a)_j, 0),  C alpha >= 0.
 
-    Each LP is written once per T with cvxpy Parameters (DPP), so it is compiled once and re-solved every step.
+    Each LP is written once per T with cvxpy Parameters (DPP), so it is compiled once and re-solved every step;
+    C is scaled to unit max entry and the inequalities get a slack of 1e-6 (float32 rounding of C).
     A failed or infeasible LP falls back to the relaxed descent LP (without the alpha^T C a constraint), then to
     the linear-scalarization weights r; `stats()` counts both.
 
@@ -115,11 +119,11 @@ class _EPOPrograms:
         self.ca_floor = cp.Parameter()  # min(max(Ca), 0) computed in numpy: cp.neg(cp.max(Ca)) is not DPP
         simplex = [self.alpha >= 0, cp.sum(self.alpha) == 1]
         descent = cp.Maximize(cp.sum(self.c @ self.alpha))
-        self._balance = cp.Problem(
-            cp.Maximize(self.ca @ self.alpha), [*simplex, self.c_active @ self.alpha >= self.rhs]
-        )
-        self._descent = cp.Problem(descent, [*simplex, self.ca @ self.alpha >= self.ca_floor, self.c @ self.alpha >= 0])
-        self._relaxed = cp.Problem(descent, [*simplex, self.c @ self.alpha >= 0])
+        no_ascent = self.c @ self.alpha >= -_SLACK
+        balance = self.c_active @ self.alpha >= self.rhs - _SLACK
+        self._balance = cp.Problem(cp.Maximize(self.ca @ self.alpha), [*simplex, balance])
+        self._descent = cp.Problem(descent, [*simplex, self.ca @ self.alpha >= self.ca_floor - _SLACK, no_ascent])
+        self._relaxed = cp.Problem(descent, [*simplex, no_ascent])
 
     def balance(self, c: np.ndarray, a: np.ndarray, rl: np.ndarray) -> np.ndarray | None:
         ca = c @ a
