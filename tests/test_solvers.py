@@ -225,3 +225,16 @@ def test_bad_epo_options_are_rejected(kwargs, message):
 def test_epo_rejects_negative_losses():
     with pytest.raises(ValueError, match="non-negative losses"):
         EPO().weights(torch.tensor([-1.0, 1.0]), torch.tensor([0.5, 0.5]), torch.eye(2))
+
+
+@pytest.mark.slow
+def test_epo_covers_the_concave_zdt2_front_where_ls_reaches_only_its_ends():
+    """A short run; benchmarks/solvers_zdt2.py gives the full-length figures (EPO >= 0.97 of the true HV)."""
+    from pymoo.indicators.hv import HV
+
+    hv, ratios = HV(ref_point=np.array([1.1, 1.1])), {}
+    for name in ("epo", "ls"):
+        result = solve("zdt2", solver=name, steps=300, lr=1e-2, progress=False, model_kwargs={"hidden": 64})
+        ratios[name] = hv(result.front(n=101).objectives) / hv(result.problem.true_front(1000))
+    assert ratios["epo"] >= 0.95
+    assert ratios["ls"] <= 0.25

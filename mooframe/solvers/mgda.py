@@ -46,6 +46,7 @@ def min_norm_weights(gram: np.ndarray, tol: float = 1e-12) -> np.ndarray:
     if scale <= 0.0:
         return np.full(n, 1.0 / n)
     q = gram / scale
+    floor = 1e-3 * tol  # weights below this are rounding noise: dropping them keeps the support affinely independent
     start = int(np.argmin(np.diag(q)))
     support, w = [start], np.zeros(n)
     w[start] = 1.0
@@ -58,7 +59,7 @@ def min_norm_weights(gram: np.ndarray, tol: float = 1e-12) -> np.ndarray:
         support.append(entering)
         while True:  # minor cycle: move towards the affine minimizer of the support, dropping points that leave it
             affine = _affine_min_norm(q, support)
-            if np.all(affine > tol * 1e-3):
+            if np.all(affine > floor):
                 w[:] = 0.0
                 w[support] = affine
                 break
@@ -66,7 +67,7 @@ def min_norm_weights(gram: np.ndarray, tol: float = 1e-12) -> np.ndarray:
             shrinking = affine < current
             theta = np.min(current[shrinking] / (current[shrinking] - affine[shrinking]), initial=1.0)
             w[support] = current + theta * (affine - current)
-            support = [t for t in support if w[t] > tol * 1e-3]
+            support = [t for t in support if w[t] > floor]
             w[[t for t in range(n) if t not in support]] = 0.0
     return w / w.sum()
 
