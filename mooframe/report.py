@@ -138,8 +138,14 @@ class Comparison:
         return "\n".join(f"- {line}" for line in lines)
 
 
-def evaluation_preferences(n_objectives: int, n: int = 11) -> np.ndarray:
-    """The uniform grid with `n` points per edge, plus the equal-weight preference when the grid lacks it."""
+def evaluation_preferences(n_objectives: int, n: int | None = None) -> np.ndarray:
+    """The uniform grid with `n` points per edge, plus the equal-weight preference when the grid lacks it.
+
+    By default n = 11 for up to 3 objectives (11 and 66 preferences, the PWE-MoE grids) and n = 2 beyond
+    (the T unit preferences and the equal one): 11 points per edge in 8 objectives would be 19448 models.
+    """
+    if n is None:
+        n = 11 if n_objectives <= 3 else 2
     grid = uniform_grid(n_objectives, n)
     equal = equal_preference(n_objectives)
     if np.abs(grid - equal).max(axis=1).min() > _PREF_TOLERANCE:

@@ -65,6 +65,7 @@ def test_evaluation_preferences_add_the_equal_preference_when_missing():
     assert len(evaluation_preferences(2, 11)) == 11
     grid = evaluation_preferences(3, 11)
     assert len(grid) == 67 and np.allclose(grid[-1], 1 / 3)
+    np.testing.assert_allclose(evaluation_preferences(8), np.vstack([np.eye(8), np.full(8, 1 / 8)]), atol=1e-12)
 
 
 @pytest.mark.parametrize("n_objectives", [3, 5])
