@@ -115,3 +115,18 @@ def test_write_report_files(tmp_path):
         "report.md",
         "runs_a_b/front.csv",
     ]
+
+
+def test_merging_problem_fronts_are_reported_as_errors(tiny_merging_problem):
+    evaluation = tiny_merging_problem.evaluate(tiny_merging_problem.pretrained)
+    front = Front(
+        np.array([[0.5, 0.5]]),
+        evaluation.objectives[None],
+        tiny_merging_problem.objective_names,
+        {name: values[None] for name, values in evaluation.metrics.items()},
+    )
+    comparison = compare_fronts({"pretrained": front})
+    assert ERROR_NOTE in comparison.notes
+    at_equal = comparison.methods[0].at_preferences["equal"]
+    np.testing.assert_allclose(at_equal["objectives"], 1 - at_equal["accuracy"])
+    assert "accuracy a" in comparison.text()
