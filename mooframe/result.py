@@ -87,8 +87,8 @@ class ParetoSetResult:
     ) -> Front:
         """Evaluate the set at `prefs`, or at the uniform grid with `n` points per simplex edge."""
         grid = uniform_grid(self.n_objectives, n) if prefs is None else np.asarray(prefs, dtype=float)
-        for pref in grid:
-            check_preference(pref, self.n_objectives)  # keeps the float64 grid: no rounding through float32
+        for pref in grid:  # validate all before evaluating any; keep the float64 values for the front
+            check_preference(pref, self.n_objectives)
         objectives, metrics = [], {}
         for pref in tqdm(grid, desc="front", disable=not progress):
             evaluation = self.problem.evaluate(self.model_at(pref))
