@@ -10,32 +10,17 @@ import pytest
 import torch
 from torch.utils.data import default_collate
 
+from mooframe.adapters import Backbone
+from mooframe.models.pwe_moe import PWEMoE
 from mooframe.params import is_json_serializable
-from mooframe.pareto_set import FunctionalModel, ParetoSetModel
+from mooframe.pareto_set import FunctionalModel
 from mooframe.problem import MergingProblem
 from mooframe.problems.image_classification import CLIPImageClassification, image_dataset
 from mooframe.problems.text_classification import GLUETextClassification
 from mooframe.registry import build_problem
+from mooframe.result import ParetoSetResult
 from mooframe.solve import solve
 from tests.tiny_checkpoints import random_images, write_gpt2, write_hf_clip, write_image_folder, write_open_clip
-
-
-class ScaledTaskArithmetic(ParetoSetModel):
-    """theta(r) = theta_0 + sum_t s_t r_t tau_t with trainable scales s (a hypernet-free merging model for tests)."""
-
-    def __init__(self, problem: MergingProblem) -> None:
-        super().__init__(problem)
-        self.base = problem.pretrained
-        self.theta0 = problem.pretrained_state()
-        self.taus = [{k: v - self.theta0[k] for k, v in s.items()} for s in problem.expert_states]
-        self.scales = torch.nn.Parameter(torch.full((problem.n_objectives,), 0.8))
-
-    def forward(self, pref: torch.Tensor) -> FunctionalModel:
-        weights = self.scales * pref
-        params = {
-            k: v + sum(w * tau[k] for w, tau in zip(weights, self.taus, strict=True)) for k, v in self.theta0.items()
-        }
-        return FunctionalModel(self.base, params)
 
 
 def direct_accuracy(problem: MergingProblem, solution, task: int) -> float:
@@ -50,19 +35,23 @@ def direct_accuracy(problem: MergingProblem, solution, task: int) -> float:
     return correct / len(data)
 
 
-def check_trains_and_evaluates(problem: MergingProblem) -> FunctionalModel:
-    """Train a few steps through solve(), check evaluate() against a direct computation; return model_at(equal)."""
-    model = ScaledTaskArithmetic(problem)
-    result = solve(problem, model=model, solver="ls", steps=3, lr=0.1, progress=False)
-    assert result.history["loss"].shape == (3, problem.n_objectives)
-    assert np.isfinite(result.history["loss"]).all()
-    assert not torch.allclose(model.scales.detach(), torch.full_like(model.scales, 0.8))  # gradients reached it
-    solution = result.model_at(np.full(problem.n_objectives, 1 / problem.n_objectives))
+def check_trains_and_evaluates(problem: MergingProblem, solver: str) -> ParetoSetResult:
+    """PWE-MoE (MLP preset) trains a few steps through solve(); evaluate() matches a direct accuracy computation."""
+    result = solve(problem, model="pwe_moe", solver=solver, steps=3, lr=0.05, progress=False)
+    n_tasks = problem.n_objectives
+    assert result.history["loss"].shape == (3, n_tasks) and np.isfinite(result.history["loss"]).all()
+    trained = result.model.trainable_state()
+    assert sum(t.numel() for t in trained.values()) == 2 * (4 * n_tasks**2 + 3 * n_tasks)  # 2 blocks, 1 router each
+    torch.manual_seed(0)  # solve() seeds the initialization with seed 0
+    initial = PWEMoE(problem).trainable_state()
+    assert any(not torch.equal(trained[k], initial[k]) for k in trained)  # the routers moved
+    solution = result.model_at(np.full(n_tasks, 1 / n_tasks))
+    assert isinstance(solution, Backbone)  # a plain model of the base architecture, no routers left
     evaluation = problem.evaluate(solution)
-    for task in range(problem.n_objectives):
+    for task in range(n_tasks):
         assert evaluation.metrics["accuracy"][task] == pytest.approx(direct_accuracy(problem, solution, task))
     np.testing.assert_allclose(evaluation.objectives, 1 - evaluation.metrics["accuracy"])
-    return solution
+    return result
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +91,10 @@ def test_hf_clip_problem_builds_trains_and_rebuilds_from_its_spec(tmp_path, imag
     assert labels == [1, 1, 1, 8, 8, 8]  # folder names are EuroSAT class names: forest = 1, river = 8
     for state in problem.expert_states:  # experts are the pretrained tower plus small noise, not re-initialized
         assert max((state[k] - v).abs().max().item() for k, v in problem.pretrained_state().items()) < 0.5
-    check_trains_and_evaluates(problem)
+    result = check_trains_and_evaluates(problem, "ls")
+    loaded = ParetoSetResult.load(result.save(tmp_path / "run"))  # rebuilds the problem from its JSON spec
+    for name, value in loaded.model_at([0.3, 0.7]).state_dict().items():
+        torch.testing.assert_close(value, result.model_at([0.3, 0.7]).state_dict()[name])
 
     spec = problem.spec()
     assert is_json_serializable(spec["kwargs"])
@@ -155,7 +147,7 @@ def test_open_clip_problem_builds_and_trains(tmp_path, image_data):
         batch_size=4,
     )
     assert problem.pretrained.family == "open_clip" and problem.heads[0].projection is None
-    check_trains_and_evaluates(problem)
+    check_trains_and_evaluates(problem, "ls")
 
 
 def test_half_precision_keeps_frozen_parts_in_bfloat16(tmp_path, image_data):
@@ -220,9 +212,9 @@ def test_gpt2_glue_problem_builds_trains_and_scores_with_each_experts_head(tmp_p
         merged_at_expert = FunctionalModel(problem.pretrained, problem.expert_states[1])
         torch.testing.assert_close(problem.logits(merged_at_expert, 1, inputs), expert_logits)
     assert is_json_serializable(problem.spec()["kwargs"])
-    solution = check_trains_and_evaluates(problem)
+    solution = check_trains_and_evaluates(problem, "epo").model_at([0.5, 0.5])
 
-    exported = export_solution(solution, tmp_path / "export", card={})  # a plain GPT-2 checkpoint, no routers
+    exported = export_solution(solution, tmp_path / "export", card={})  # a plain GPT-2 checkpoint
     reloaded = GPT2Backbone(GPT2Model.from_pretrained(exported))
     with torch.no_grad():
         torch.testing.assert_close(reloaded(**inputs), solution(**inputs))
