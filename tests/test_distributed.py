@@ -1,0 +1,61 @@
+"""torch.distributed training: 2 gloo processes equal one process with the same global batch and seed."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from merging_models import RouterMerge
+from safetensors.torch import load_file, save_file
+
+from mooframe import distributed
+from mooframe.solve import solve
+from mooframe.solvers.ls import LinearScalarization
+
+STEPS, SEED = 8, 5
+
+
+class _GramLS(LinearScalarization):
+    """LS through the per-task-gradient path: its T x P gradient matrix is all-reduced before G G^T."""
+
+    needs_gram = True
+
+
+def _train(problem, solver, **kwargs):
+    torch.manual_seed(0)
+    model = RouterMerge(problem)
+    return solve(problem, model, solver, steps=STEPS, seed=SEED, progress=False, **kwargs).model.trainable_state()
+
+
+def _rank_main(rank, world_size, init_file, problem, out_dir):
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
+    try:
+        assert distributed.world_size() == world_size and distributed.rank() == rank
+        for name, solver in (("ls", LinearScalarization()), ("gram", _GramLS())):
+            save_file(_train(problem, solver), f"{out_dir}/{name}-{rank}.safetensors")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_gloo_ranks_equal_one_process_with_the_same_global_batch(tiny_merging_problem, tmp_path):
+    problem = tiny_merging_problem  # batch_size 8 per task: each rank trains on 4 examples of each task
+    mp.spawn(_rank_main, args=(2, str(tmp_path / "init"), problem, str(tmp_path)), nprocs=2, join=True)
+    for name, solver in (("ls", LinearScalarization()), ("gram", _GramLS())):
+        single = _train(problem, solver)
+        ranks = [load_file(str(tmp_path / f"{name}-{rank}.safetensors")) for rank in range(2)]
+        for key, value in single.items():
+            assert torch.equal(ranks[0][key], ranks[1][key]), f"{name}: ranks differ in {key}"
+            torch.testing.assert_close(ranks[0][key], value, rtol=0, atol=1e-6)
+        initial = RouterMerge(problem)
+        assert not torch.allclose(initial.router.weight, single["router.weight"])  # training moved the routers
+
+
+def test_shard_splits_every_tensor_of_a_batch_into_contiguous_equal_parts():
+    batch = [(torch.arange(8.0).reshape(4, 2), torch.arange(4)), ({"ids": torch.arange(4)}, torch.arange(4))]
+    first, second = distributed._shard(batch, 0, 2), distributed._shard(batch, 1, 2)
+    torch.testing.assert_close(torch.cat([first[0][0], second[0][0]]), batch[0][0])
+    assert first[1][0]["ids"].tolist() == [0, 1] and second[1][1].tolist() == [2, 3]
+    with pytest.raises(ValueError, match=r"shape \(4, 2\) cannot be split evenly over 3 ranks"):
+        distributed._shard(batch, 0, 3)
