@@ -87,6 +87,8 @@ class TrainingState:
             raise ValueError(
                 f"checkpoint {folder} is incomplete or malformed ({type(error).__name__}: {error})"
             ) from None
+        except ValueError as error:
+            raise ValueError(f"checkpoint {folder}: {error}") from None
         return folder
 
     def _snapshot(self, params: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -124,7 +126,7 @@ class TrainingState:
         model_state = {k.removeprefix("model/"): v for k, v in tensors.items() if k.startswith("model/")}
         for name, tensor in model_state.items():
             if not torch.isfinite(tensor).all():
-                raise ValueError(f"checkpoint holds non-finite values in trainable parameter {name!r}")
+                raise ValueError(f"non-finite values in trainable parameter {name!r}")
         self.model.load_trainable_state(model_state)
         if self.optimizer is not None:
             self.optimizer.load_state_dict(self._optimizer_state(state, tensors))
@@ -138,7 +140,7 @@ class TrainingState:
         self.step, self.skipped_steps = int(state["step"]), int(state["skipped_steps"])
         self.history = {key: tensors[f"history/{key}"].tolist() for key in self.history}
         if any(len(rows) != self.step for rows in self.history.values()):
-            raise ValueError(f"checkpoint history does not have one row per step for its {self.step} steps")
+            raise ValueError(f"the history does not have one row per step for its {self.step} steps")
 
     def _optimizer_state(self, state: dict[str, Any], tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
         params = self.optimizer.param_groups[0]["params"]
@@ -149,7 +151,7 @@ class TrainingState:
                 reference = params[int(index)]
                 if tensor.ndim and tensor.shape != reference.shape:
                     raise ValueError(
-                        f"checkpoint optimizer state {key!r} has shape {tuple(tensor.shape)}, "
+                        f"optimizer state {key!r} has shape {tuple(tensor.shape)}, "
                         f"the parameter has {tuple(reference.shape)}"
                     )
                 per_param.setdefault(int(index), {})[name] = tensor.to(reference.device)
