@@ -44,7 +44,11 @@ def init_from_environment(device: str) -> bool:
     """
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
         return False
-    dist.init_process_group(backend="nccl" if str(device).startswith("cuda") else "gloo")
+    if str(device).startswith("cuda"):
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group(backend="nccl")
+    else:
+        dist.init_process_group(backend="gloo")
     return True
 
 

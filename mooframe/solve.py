@@ -210,7 +210,11 @@ def _nonfinite_losses(losses: torch.Tensor, step: int, problem: Problem) -> str 
 
 def _nonfinite_gradients(model: ParetoSetModel, step: int) -> str | None:
     """What is wrong when a trainable parameter's gradient holds NaN or inf, else None."""
-    bad = [name for name, p in model.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
+    named = [(name, p.grad) for name, p in model.named_parameters() if p.grad is not None]
+    if not named:
+        return None
+    finite = torch.stack([torch.isfinite(grad).all() for _, grad in named]).cpu()  # one device sync, not one per tensor
+    bad = [name for (name, _), ok in zip(named, finite.tolist(), strict=True) if not ok]
     return f"non-finite gradient at step {step} in parameter(s) {bad[:5]}" if bad else None
 
 
