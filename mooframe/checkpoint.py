@@ -16,6 +16,7 @@ import shutil
 import signal
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -207,16 +208,20 @@ def deferred_interrupt() -> Iterator[threading.Event]:
     """Turn Ctrl-C (SIGINT) into a flag checked between steps, so a step is never cut in half.
 
     Yields an event that is set on SIGINT; the caller checkpoints and raises KeyboardInterrupt. A second Ctrl-C
-    interrupts at once. Outside the main thread (where signal handlers cannot be set) nothing is deferred.
+    more than a second later interrupts at once (within a second it is the same one: torchrun forwards the
+    terminal's Ctrl-C to workers that got it already). Outside the main thread nothing is deferred.
     """
     event = threading.Event()
     if threading.current_thread() is not threading.main_thread():
         yield event
         return
+    first_at: list[float] = []  # when the first Ctrl-C came
 
     def handler(signum: int, frame: Any) -> None:
-        if event.is_set():
+        if first_at and time.monotonic() - first_at[0] > 1.0:
             raise KeyboardInterrupt
+        if not first_at:
+            first_at.append(time.monotonic())
         event.set()
 
     previous = signal.signal(signal.SIGINT, handler)

@@ -30,9 +30,7 @@ def _cmd_solve(args: argparse.Namespace) -> None:
     from mooframe.solve import solve
 
     distributed.init_from_environment(args.device)
-    checkpoint_dir = (
-        args.checkpoint_dir or args.resume or (f"{args.out}-checkpoints" if args.checkpoint_every else None)
-    )
+    checkpoint_dir = args.checkpoint_dir or args.resume or f"{args.out}-checkpoints"
     result = solve(
         args.problem,
         model=args.model,
@@ -85,7 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
         )
     solve.add_argument("--out", required=True, help="run directory to write")
     solve.add_argument("--quiet", action="store_true", help="no progress bar")
-    solve.add_argument("--checkpoint-every", type=int, default=0, metavar="N", help="checkpoint every N steps")
+    solve.add_argument(
+        "--checkpoint-every", type=int, default=0, metavar="N", help="checkpoint every N steps (always on Ctrl-C)"
+    )
     solve.add_argument("--checkpoint-dir", help="where checkpoints go (default: OUT-checkpoints, or the --resume DIR)")
     solve.add_argument("--resume", metavar="DIR", help="continue exactly from the newest checkpoint in DIR")
     solve.add_argument(
@@ -111,7 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"mooframe {args.command}: error: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt as error:
-        print(f"mooframe {args.command}: {error or 'interrupted'}", file=sys.stderr)
+        print(f"mooframe {args.command}: {str(error) or 'interrupted'}", file=sys.stderr)
         return 130
     return 0
 

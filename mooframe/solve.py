@@ -65,9 +65,9 @@ def solve(
         device: where the model and the problem's tensors live.
         progress: show a progress bar with the running losses.
         problem_kwargs, model_kwargs, solver_kwargs: constructor options when the pieces are given by name.
-        checkpoint_dir: where checkpoints go (see `mooframe.checkpoint`): every `checkpoint_every` steps, after
-            the last step, and on Ctrl-C, which finishes the current step first. Defaults to `resume`'s folder.
-        checkpoint_every: steps between checkpoints (0: only after the last step and on Ctrl-C).
+        checkpoint_dir: where checkpoints go (see `mooframe.checkpoint`): on Ctrl-C, which finishes the current
+            step first, and every `checkpoint_every` steps and after the last. Defaults to `resume`'s folder.
+        checkpoint_every: steps between checkpoints (0: only on Ctrl-C).
         resume: a checkpoint (or a directory of them: the newest) to continue from, exactly; the run's settings
             must equal those that wrote it.
         on_nonfinite: a NaN or inf loss or gradient "raise"s FloatingPointError naming the step and objective,
@@ -86,7 +86,7 @@ def solve(
     if on_nonfinite not in ON_NONFINITE:
         raise ValueError(f"unknown on_nonfinite {on_nonfinite!r}; known: {', '.join(ON_NONFINITE)}")
     if checkpoint_every < 0:
-        raise ValueError(f"checkpoint_every must be >= 0 (0: only at the end), got {checkpoint_every}")
+        raise ValueError(f"checkpoint_every must be >= 0 (0: only on Ctrl-C), got {checkpoint_every}")
     device = distributed.rank_device(device)
     torch.manual_seed(seed)
     problem = build_problem(problem, **(problem_kwargs or {})).to(device)
@@ -142,7 +142,7 @@ def solve(
             history["weight"].append(weights.detach().cpu().tolist())
             history["pref"].append(pref.cpu().tolist())
             bar.set_postfix_str(" ".join(f"{v:.3g}" for v in history["loss"][-1]), refresh=False)
-            if checkpoint_every and state.step % checkpoint_every == 0 or state.step == steps:
+            if checkpoint_every and (state.step % checkpoint_every == 0 or state.step == steps):
                 _write_checkpoint(state, checkpoint_dir)
             if distributed.any_rank(interrupted.is_set(), device):
                 _write_checkpoint(state, checkpoint_dir)

@@ -31,7 +31,14 @@ class _RunsCode:
 @pytest.fixture
 def checkpoint(tmp_path) -> Path:
     """A complete checkpoint folder of a 3-step zdt1 run (seed 0)."""
-    solve("zdt1", steps=3, progress=False, model_kwargs={"hidden": 8}, checkpoint_dir=tmp_path / "ckpt")
+    solve(
+        "zdt1",
+        steps=3,
+        progress=False,
+        model_kwargs={"hidden": 8},
+        checkpoint_dir=tmp_path / "ckpt",
+        checkpoint_every=3,
+    )
     return tmp_path / "ckpt" / "step-00000003"
 
 
