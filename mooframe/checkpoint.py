@@ -51,6 +51,13 @@ class TrainingState:
     step: int = 0
     skipped_steps: int = 0
 
+    def record(self, losses: torch.Tensor, weights: torch.Tensor, pref: torch.Tensor) -> None:
+        """Close the current step: append its losses, solver weights and preference to the history."""
+        self.history["loss"].append(losses.detach().cpu().tolist())
+        self.history["weight"].append(weights.detach().cpu().tolist())
+        self.history["pref"].append(pref.detach().cpu().tolist())
+        self.step += 1
+
     def save(self, directory: str | Path, keep: int = 1) -> Path:
         """Write a checkpoint of the current step under `directory`, keeping the newest `keep` checkpoints."""
         params = self.model.trainable_state()
@@ -155,7 +162,7 @@ class TrainingState:
                         f"optimizer state {key!r} has shape {tuple(tensor.shape)}, "
                         f"the parameter has {tuple(reference.shape)}"
                     )
-                per_param.setdefault(int(index), {})[name] = tensor.to(reference.device)
+                per_param.setdefault(int(index), {})[name] = tensor  # load_state_dict moves it to the parameter
         for index, values in state["optimizer_scalars"].items():
             per_param.setdefault(int(index), {}).update(values)
         groups = [{k: tuple(v) if k == "betas" else v for k, v in g.items()} for g in state["optimizer_groups"]]

@@ -112,7 +112,6 @@ def solve(
         logger.info("resumed from %s at step %d", restored, state.step)
         checkpoint_dir = checkpoint_dir if checkpoint_dir is not None else restored.parent
     batches = itertools.islice(problem.batches(np.random.default_rng([seed, 1])), state.step, None)
-    history = state.history
     start = time.perf_counter()
     bar = tqdm(
         range(state.step, steps), desc="solve", disable=not (progress and distributed.is_writer()), dynamic_ncols=True
@@ -137,11 +136,8 @@ def solve(
             else:
                 opt.step()
             schedule.step()
-            state.step = step + 1
-            history["loss"].append(global_losses.cpu().tolist())
-            history["weight"].append(weights.detach().cpu().tolist())
-            history["pref"].append(pref.cpu().tolist())
-            bar.set_postfix_str(" ".join(f"{v:.3g}" for v in history["loss"][-1]), refresh=False)
+            state.record(global_losses, weights, pref)
+            bar.set_postfix_str(" ".join(f"{v:.3g}" for v in state.history["loss"][-1]), refresh=False)
             if checkpoint_every and (state.step % checkpoint_every == 0 or state.step == steps):
                 _write_checkpoint(state, checkpoint_dir)
             if distributed.any_rank(interrupted.is_set(), device):
@@ -150,8 +146,8 @@ def solve(
                 raise KeyboardInterrupt(f"interrupted after step {state.step}{saved}")
     settings.update(train_seconds=time.perf_counter() - start, solver_stats=solver.stats())
     settings["skipped_steps"] = state.skipped_steps
-    history_arrays = {key: np.asarray(values, dtype=float).reshape(-1, n_objectives) for key, values in history.items()}
-    return ParetoSetResult(problem, model, solver, settings=settings, history=history_arrays)
+    history = {key: np.asarray(rows, dtype=float).reshape(-1, n_objectives) for key, rows in state.history.items()}
+    return ParetoSetResult(problem, model, solver, settings=settings, history=history)
 
 
 def _backward(
