@@ -58,8 +58,8 @@ class TrainingState:
         self.history["pref"].append(pref.detach().cpu().tolist())
         self.step += 1
 
-    def save(self, directory: str | Path, keep: int = 1) -> Path:
-        """Write a checkpoint of the current step under `directory`, keeping the newest `keep` checkpoints."""
+    def save(self, directory: str | Path) -> Path:
+        """Write a checkpoint of the current step under `directory`, then remove the other checkpoints there."""
         params = self.model.trainable_state()
         for name, tensor in params.items():
             if not torch.isfinite(tensor).all():
@@ -77,8 +77,9 @@ class TrainingState:
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
-        for old in checkpoint_folders(directory)[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
+        for old in checkpoint_folders(directory):
+            if old != target:
+                shutil.rmtree(old, ignore_errors=True)
         return target
 
     def restore(self, path: str | Path) -> Path:

@@ -138,10 +138,10 @@ def solve(
             schedule.step()
             state.record(global_losses, weights, pref)
             bar.set_postfix_str(" ".join(f"{v:.3g}" for v in state.history["loss"][-1]), refresh=False)
-            if checkpoint_every and (state.step % checkpoint_every == 0 or state.step == steps):
+            stop = distributed.any_rank(interrupted.is_set(), device)
+            if stop or checkpoint_every and (state.step % checkpoint_every == 0 or state.step == steps):
                 _write_checkpoint(state, checkpoint_dir)
-            if distributed.any_rank(interrupted.is_set(), device):
-                _write_checkpoint(state, checkpoint_dir)
+            if stop:
                 saved = f"; checkpoint in {checkpoint_dir}" if checkpoint_dir is not None else ""
                 raise KeyboardInterrupt(f"interrupted after step {state.step}{saved}")
     settings.update(train_seconds=time.perf_counter() - start, solver_stats=solver.stats())

@@ -9,7 +9,9 @@ from collections.abc import Callable
 import pytest
 import torch
 from merging_models import RouterMerge
+from safetensors.torch import save_file
 
+import mooframe.checkpoint
 from mooframe.checkpoint import checkpoint_folders
 from mooframe.problem import MergingProblem, Problem
 from mooframe.solve import solve
@@ -115,3 +117,22 @@ def test_skipped_steps_are_counted_and_leave_the_parameters_untouched(tiny_mergi
         _run(nan_grad, tiny_merging_problem, optimizer="sgd", on_nonfinite="skip"),
         _run(zero_grad, tiny_merging_problem, optimizer="sgd"),
     )
+
+
+def test_a_checkpoint_write_that_fails_midway_leaves_the_previous_checkpoint_whole(tmp_path, monkeypatch):
+    calls = []
+
+    def save_file_until_the_disk_is_full(tensors, path):
+        calls.append(path)
+        if len(calls) == 3:
+            raise OSError("No space left on device")
+        save_file(tensors, path)
+
+    monkeypatch.setattr(mooframe.checkpoint, "save_file", save_file_until_the_disk_is_full)
+    options = {"model_kwargs": {"hidden": 8}, "progress": False, "seed": 4}
+    with pytest.raises(OSError, match="No space left"):
+        solve("zdt1", steps=8, checkpoint_dir=tmp_path, checkpoint_every=2, **options)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step-00000004"]  # no half-written folder left
+    monkeypatch.undo()
+    resumed = solve("zdt1", steps=8, resume=tmp_path, **options)
+    _assert_identical(resumed, solve("zdt1", steps=8, **options))
