@@ -15,6 +15,7 @@ import mooframe.checkpoint
 from mooframe.checkpoint import checkpoint_folders
 from mooframe.problem import MergingProblem, Problem
 from mooframe.solve import solve
+from mooframe.solvers.ls import LinearScalarization
 
 STEPS = 12
 
@@ -61,10 +62,28 @@ class _NanGradient(torch.autograd.Function):
         return grad * float("nan")
 
 
-def _run(problem, model_problem=None, **kwargs):
+class _CountingLS(LinearScalarization):
+    """LS whose weights grow with the number of steps it has seen: its state must survive a checkpoint."""
+
+    def reset(self, n_objectives: int) -> None:
+        super().reset(n_objectives)
+        self.calls = 0
+
+    def weights(self, losses, pref, gram=None):
+        self.calls += 1
+        return pref.to(losses) * (1 + 0.1 * self.calls)
+
+    def state_dict(self):
+        return {"calls": self.calls}
+
+    def load_state_dict(self, state):
+        self.calls = state["calls"]
+
+
+def _run(problem, model_problem=None, solver="ls", **kwargs):
     torch.manual_seed(0)
     model = RouterMerge(model_problem or problem)
-    return solve(problem, model, "ls", steps=STEPS, seed=2, progress=False, **kwargs)
+    return solve(problem, model, solver, steps=STEPS, seed=2, progress=False, **kwargs)
 
 
 def _assert_identical(a, b):
@@ -85,6 +104,21 @@ def test_a_run_stopped_at_step_k_and_resumed_is_bit_identical(tiny_merging_probl
     _assert_identical(resumed, uninterrupted)
     for key, values in uninterrupted.history.items():
         assert (resumed.history[key] == values).all(), key
+
+
+def test_solver_state_is_restored_on_resume(tiny_merging_problem, tmp_path):
+    uninterrupted = _run(tiny_merging_problem, solver=_CountingLS())
+    with pytest.raises(RuntimeError):
+        _run(
+            _Disrupted(tiny_merging_problem, 7, _crash),
+            tiny_merging_problem,
+            solver=_CountingLS(),
+            checkpoint_dir=tmp_path,
+            checkpoint_every=5,
+        )
+    resumed = _run(tiny_merging_problem, solver=_CountingLS(), resume=tmp_path)
+    assert resumed.solver.calls == STEPS
+    _assert_identical(resumed, uninterrupted)
 
 
 def test_nonfinite_loss_stops_naming_step_and_objective_and_keeps_the_last_good_checkpoint(
