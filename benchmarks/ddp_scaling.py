@@ -2,7 +2,7 @@
 
 Each process runs `--threads` torch threads, so the comparison is the data-parallel speed-up at a fixed per-process
 budget. The problem is a synthetic merging problem (an MLP backbone, T experts, linear heads); the model is the
-smallest merging Pareto set model (tests/merging_models.py), whose cost is the merge plus T forward/backward passes.
+smallest merging Pareto set model (tests/toys.py), whose cost is the merge plus T forward/backward passes.
 
     PYTHONPATH=. python benchmarks/ddp_scaling.py --steps 40 --batch 64 --width 256
 """
@@ -25,7 +25,7 @@ from mooframe.problem import MergingProblem
 from mooframe.solve import solve
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from merging_models import RouterMerge  # noqa: E402
+from toys import RouterMerge  # noqa: E402
 
 
 def merging_problem(width: int, depth: int, batch: int, n_tasks: int = 2) -> MergingProblem:

@@ -122,19 +122,19 @@ def solve(
             solution = model(pref)
             losses = problem.losses(solution, distributed.shard(next(batches)))
             global_losses = distributed.mean(losses.detach())
-            fault = _nonfinite_losses(global_losses, step, problem)
-            if fault is None:
+            try:
+                _check_losses(global_losses, problem)
                 opt.zero_grad(set_to_none=True)
-                weights = _backward(losses, global_losses, pref, solver, params)
-                fault = _nonfinite_gradients(model, step)
-            if fault is not None and on_nonfinite == "raise":
-                raise FloatingPointError(f"{fault} (pass on_nonfinite='skip' to skip such steps)")
-            if fault is not None:
-                logger.warning("%s: step skipped", fault)
+                weights = _backward(losses, global_losses, pref, solver, params, problem.objective_names)
+                _check_gradients(model)
+                opt.step()
+            except _NonFinite as fault:
+                if on_nonfinite == "raise":
+                    hint = "pass on_nonfinite='skip' to skip such steps"
+                    raise FloatingPointError(f"step {step}: {fault} ({hint})") from None
+                logger.warning("step %d: %s; skipped", step, fault)
                 state.skipped_steps += 1
                 weights = torch.full((n_objectives,), float("nan"))
-            else:
-                opt.step()
             schedule.step()
             state.record(global_losses, weights, pref)
             bar.set_postfix_str(" ".join(f"{v:.3g}" for v in state.history["loss"][-1]), refresh=False)
@@ -150,12 +150,17 @@ def solve(
     return ParetoSetResult(problem, model, solver, settings=settings, history=history)
 
 
+class _NonFinite(FloatingPointError):
+    """A NaN or inf loss or gradient: `solve` stops or skips the step, as `on_nonfinite` says."""
+
+
 def _backward(
     losses: torch.Tensor,
     global_losses: torch.Tensor,
     pref: torch.Tensor,
     solver: Solver,
     params: list[torch.nn.Parameter],
+    objective_names: list[str],
 ) -> torch.Tensor:
     """Set `.grad` of `params` to sum_t w_t grad l_t with the solver's weights w, and return w.
 
@@ -167,6 +172,9 @@ def _backward(
         distributed.mean_gradients(params)
         return weights
     grads = distributed.mean(per_task_gradients(losses, params))
+    bad = ~torch.isfinite(grads).all(dim=1)
+    if bad.any():  # before the solver sees a NaN Gram matrix
+        raise _NonFinite(f"non-finite gradient of objective(s) {_names(bad, objective_names)}")
     weights = solver.weights(global_losses, pref, gram=grads @ grads.T).detach().to(grads)
     assign_flat_gradient(params, weights @ grads)
     return weights
@@ -193,25 +201,26 @@ def assign_flat_gradient(params: list[torch.nn.Parameter], flat: torch.Tensor) -
         offset += p.numel()
 
 
-def _nonfinite_losses(losses: torch.Tensor, step: int, problem: Problem) -> str | None:
-    """What is wrong when a loss is NaN or inf (naming the step and objectives), else None."""
+def _check_losses(losses: torch.Tensor, problem: Problem) -> None:
     if losses.shape != (problem.n_objectives,):
         raise ValueError(f"problem.losses returned shape {tuple(losses.shape)}, expected ({problem.n_objectives},)")
     bad = ~torch.isfinite(losses)
-    if not bad.any():
-        return None
-    names = [problem.objective_names[t] for t in torch.nonzero(bad).flatten().tolist()]
-    return f"non-finite loss at step {step} for objective(s) {names}: {losses.tolist()}"
+    if bad.any():
+        raise _NonFinite(f"non-finite loss for objective(s) {_names(bad, problem.objective_names)}: {losses.tolist()}")
 
 
-def _nonfinite_gradients(model: ParetoSetModel, step: int) -> str | None:
-    """What is wrong when a trainable parameter's gradient holds NaN or inf, else None."""
+def _check_gradients(model: ParetoSetModel) -> None:
     named = [(name, p.grad) for name, p in model.named_parameters() if p.grad is not None]
     if not named:
-        return None
-    finite = torch.stack([torch.isfinite(grad).all() for _, grad in named]).cpu()  # one device sync, not one per tensor
+        return
+    finite = torch.stack([torch.isfinite(grad).all() for _, grad in named])  # one device sync, not one per tensor
     bad = [name for (name, _), ok in zip(named, finite.tolist(), strict=True) if not ok]
-    return f"non-finite gradient at step {step} in parameter(s) {bad[:5]}" if bad else None
+    if bad:
+        raise _NonFinite(f"non-finite gradient in parameter(s) {bad[:5]}")
+
+
+def _names(mask: torch.Tensor, names: list[str]) -> list[str]:
+    return [names[t] for t in torch.nonzero(mask).flatten().tolist()]
 
 
 def _write_checkpoint(state: TrainingState, directory: str | Path | None) -> None:

@@ -8,8 +8,8 @@ from collections.abc import Callable
 
 import pytest
 import torch
-from merging_models import RouterMerge
 from safetensors.torch import save_file
+from toys import GramLS, RouterMerge
 
 import mooframe.checkpoint
 from mooframe.checkpoint import checkpoint_folders
@@ -58,8 +58,8 @@ class _NanGradient(torch.autograd.Function):
         return x.clone()
 
     @staticmethod
-    def backward(ctx, grad):
-        return grad * float("nan")
+    def backward(ctx, grad):  # NaN wherever a gradient flows (zeros stay zeros: other objectives are unaffected)
+        return torch.where(grad == 0, grad, torch.full_like(grad, float("nan")))
 
 
 class _CountingLS(LinearScalarization):
@@ -127,16 +127,24 @@ def test_nonfinite_loss_stops_naming_step_and_objective_and_keeps_the_last_good_
     nan_in_b = _Disrupted(
         tiny_merging_problem, at_step=5, disrupt=lambda losses: losses * torch.tensor([1.0, float("nan")])
     )
-    with pytest.raises(FloatingPointError, match=r"non-finite loss at step 5 for objective\(s\) \['b'\]"):
+    with pytest.raises(FloatingPointError, match=r"step 5: non-finite loss for objective\(s\) \['b'\]"):
         _run(nan_in_b, tiny_merging_problem, checkpoint_dir=tmp_path, checkpoint_every=2)
     assert [p.name for p in checkpoint_folders(tmp_path)] == ["step-00000004"]
     resumed = _run(tiny_merging_problem, resume=tmp_path)  # the kept checkpoint is good: the run can go on
     assert all(torch.isfinite(p).all() for p in resumed.model.parameters())
 
 
+def test_a_gram_solver_never_sees_a_nonfinite_gradient_and_the_objective_is_named(tiny_merging_problem):
+    def nan_gradient_in_a(losses):
+        return torch.stack([_NanGradient.apply(losses[0]), losses[1]])
+
+    with pytest.raises(FloatingPointError, match=r"step 2: non-finite gradient of objective\(s\) \['a'\]"):
+        _run(_Disrupted(tiny_merging_problem, 2, nan_gradient_in_a), tiny_merging_problem, solver=GramLS())
+
+
 def test_skipped_steps_are_counted_and_leave_the_parameters_untouched(tiny_merging_problem):
     nan_grad = _Disrupted(tiny_merging_problem, at_step=3, disrupt=_NanGradient.apply)
-    with pytest.raises(FloatingPointError, match=r"non-finite gradient at step 3 in parameter\(s\) \['router"):
+    with pytest.raises(FloatingPointError, match=r"step 3: non-finite gradient in parameter\(s\) \['router"):
         _run(nan_grad, tiny_merging_problem)
     nan_grad.calls = 0
     skipped = _run(nan_grad, tiny_merging_problem, on_nonfinite="skip")

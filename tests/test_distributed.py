@@ -11,8 +11,8 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from merging_models import RouterMerge
 from safetensors.torch import load_file, save_file
+from toys import GramLS, RouterMerge
 
 from mooframe import distributed
 from mooframe.checkpoint import checkpoint_folders
@@ -21,12 +21,6 @@ from mooframe.solve import solve
 from mooframe.solvers.ls import LinearScalarization
 
 STEPS, SEED = 8, 5
-
-
-class _GramLS(LinearScalarization):
-    """LS through the per-task-gradient path: its T x P gradient matrix is all-reduced before G G^T."""
-
-    needs_gram = True
 
 
 def _train(problem, solver, **kwargs):
@@ -40,7 +34,7 @@ def _rank_main(rank, world_size, init_file, problem, out_dir):
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
     try:
         assert distributed.world_size() == world_size and distributed.rank() == rank
-        for name, solver in (("ls", LinearScalarization()), ("gram", _GramLS())):
+        for name, solver in (("ls", LinearScalarization()), ("gram", GramLS())):
             save_file(_train(problem, solver), f"{out_dir}/{name}-{rank}.safetensors")
     finally:
         dist.destroy_process_group()
@@ -50,7 +44,7 @@ def _rank_main(rank, world_size, init_file, problem, out_dir):
 def test_two_gloo_ranks_equal_one_process_with_the_same_global_batch(tiny_merging_problem, tmp_path):
     problem = tiny_merging_problem  # batch_size 8 per task: each rank trains on 4 examples of each task
     mp.spawn(_rank_main, args=(2, str(tmp_path / "init"), problem, str(tmp_path)), nprocs=2, join=True)
-    for name, solver in (("ls", LinearScalarization()), ("gram", _GramLS())):
+    for name, solver in (("ls", LinearScalarization()), ("gram", GramLS())):
         single = _train(problem, solver)
         ranks = [load_file(str(tmp_path / f"{name}-{rank}.safetensors")) for rank in range(2)]
         for key, value in single.items():

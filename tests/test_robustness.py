@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from merging_models import RouterMerge
 from safetensors.torch import load_file, save_file
+from toys import RouterMerge
 
 from mooframe.checkpoint import STATE_FILE, TENSORS_FILE
 from mooframe.cli import main

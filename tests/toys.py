@@ -1,4 +1,4 @@
-"""A minimal Pareto set model for merging problems, built in tests (the real ones live on other branches)."""
+"""Toys for tests and benchmarks: the smallest merging Pareto set model and LS routed through the Gram path."""
 
 from __future__ import annotations
 
@@ -7,6 +7,13 @@ from torch import nn
 
 from mooframe.pareto_set import FunctionalModel, ParetoSetModel
 from mooframe.problem import MergingProblem
+from mooframe.solvers.ls import LinearScalarization
+
+
+class GramLS(LinearScalarization):
+    """LS through the per-task-gradient path (as EPO and MGDA): must give exactly the LS update."""
+
+    needs_gram = True
 
 
 class RouterMerge(ParetoSetModel):
