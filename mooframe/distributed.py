@@ -92,13 +92,18 @@ def mean(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def mean_gradients(params: list[torch.nn.Parameter]) -> None:
-    """Replace each parameter's `.grad` by its mean over ranks, in one all-reduce of the flattened gradients."""
+    """Replace each `.grad` by its mean over ranks, in one all-reduce of the flattened gradients.
+
+    Parameters without a gradient (no loss reached them; the same on every rank) keep none, as on one process.
+    """
     if not is_distributed():
         return
-    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-    flat = mean(torch.cat([g.flatten() for g in grads]))
-    for p, g in zip(params, flat.split([p.numel() for p in params]), strict=True):
-        p.grad = g.view_as(p)
+    params = [p for p in params if p.grad is not None]
+    if not params:
+        return
+    flat = mean(torch.cat([p.grad.flatten() for p in params]))
+    for p, grad in zip(params, flat.split([p.numel() for p in params]), strict=True):
+        p.grad = grad.view_as(p)
 
 
 def broadcast_parameters(params: list[torch.nn.Parameter]) -> None:

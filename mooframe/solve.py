@@ -118,7 +118,7 @@ def solve(
     )
     with deferred_interrupt() as interrupted:
         for step in bar:
-            pref = sample_preferences(n_objectives, state.pref_rng, alpha).to(device)
+            pref = model.training_preference(sample_preferences(n_objectives, state.pref_rng, alpha).to(device), step)
             solution = model(pref)
             losses = problem.losses(solution, distributed.shard(next(batches)))
             global_losses = distributed.mean(losses.detach())
@@ -171,6 +171,8 @@ def _backward(
         (weights @ losses).backward()
         distributed.mean_gradients(params)
         return weights
+    # Parameters no loss depends on keep .grad None, as in the summed backward, so that momentum leaves them be.
+    params = parameters_reached(losses, params)
     grads = distributed.mean(per_task_gradients(losses, params))
     bad = ~torch.isfinite(grads).all(dim=1)
     if bad.any():  # before the solver sees a NaN Gram matrix
@@ -191,6 +193,20 @@ def per_task_gradients(losses: torch.Tensor, params: list[torch.nn.Parameter]) -
             )
         )
     return torch.stack(rows)
+
+
+def parameters_reached(output: torch.Tensor, params: list[torch.nn.Parameter]) -> list[torch.nn.Parameter]:
+    """The entries of `params` that `output` depends on, found by walking its autograd graph (no computation)."""
+    leaves, seen, stack = set(), set(), [output.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        if hasattr(node, "variable"):
+            leaves.add(id(node.variable))
+        stack.extend(child for child, _ in node.next_functions)
+    return [p for p in params if id(p) in leaves]
 
 
 def assign_flat_gradient(params: list[torch.nn.Parameter], flat: torch.Tensor) -> None:
