@@ -23,10 +23,18 @@ from mooframe.solvers.ls import LinearScalarization
 STEPS, SEED = 8, 5
 
 
-def _train(problem, solver, **kwargs):
+CASES = {  # model, solver, options: the LS path, the Gram path, and PWE-MoE with EPO (Gram path, LPs)
+    "ls": (RouterMerge, LinearScalarization, {}),
+    "gram": (RouterMerge, GramLS, {}),
+    "pwe_moe-epo": (lambda problem: "pwe_moe", lambda: "epo", {"model_kwargs": {"upscale": ["0", "2"]}}),
+}
+
+
+def _train(problem, case, steps=STEPS):
+    model, solver, options = CASES[case]
     torch.manual_seed(0)
-    model = RouterMerge(problem)
-    return solve(problem, model, solver, steps=STEPS, seed=SEED, progress=False, **kwargs).model.trainable_state()
+    result = solve(problem, model(problem), solver(), steps=steps, seed=SEED, progress=False, **options)
+    return result.model.trainable_state()
 
 
 def _rank_main(rank, world_size, init_file, problem, out_dir):
@@ -34,8 +42,8 @@ def _rank_main(rank, world_size, init_file, problem, out_dir):
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
     try:
         assert distributed.world_size() == world_size and distributed.rank() == rank
-        for name, solver in (("ls", LinearScalarization()), ("gram", GramLS())):
-            save_file(_train(problem, solver), f"{out_dir}/{name}-{rank}.safetensors")
+        for case in CASES:
+            save_file(_train(problem, case), f"{out_dir}/{case}-{rank}.safetensors")
     finally:
         dist.destroy_process_group()
 
@@ -44,14 +52,15 @@ def _rank_main(rank, world_size, init_file, problem, out_dir):
 def test_two_gloo_ranks_equal_one_process_with_the_same_global_batch(tiny_merging_problem, tmp_path):
     problem = tiny_merging_problem  # batch_size 8 per task: each rank trains on 4 examples of each task
     mp.spawn(_rank_main, args=(2, str(tmp_path / "init"), problem, str(tmp_path)), nprocs=2, join=True)
-    for name, solver in (("ls", LinearScalarization()), ("gram", GramLS())):
-        single = _train(problem, solver)
-        ranks = [load_file(str(tmp_path / f"{name}-{rank}.safetensors")) for rank in range(2)]
+    for case in CASES:
+        single = _train(problem, case)
+        ranks = [load_file(str(tmp_path / f"{case}-{rank}.safetensors")) for rank in range(2)]
+        assert ranks[0].keys() == single.keys()
         for key, value in single.items():
-            assert torch.equal(ranks[0][key], ranks[1][key]), f"{name}: ranks differ in {key}"
-            torch.testing.assert_close(ranks[0][key], value, rtol=0, atol=1e-6)
-        initial = RouterMerge(problem)
-        assert not torch.allclose(initial.router.weight, single["router.weight"])  # training moved the routers
+            assert torch.equal(ranks[0][key], ranks[1][key]), f"{case}: ranks differ in {key}"
+            torch.testing.assert_close(ranks[0][key], value, rtol=0, atol=1e-6, msg=f"{case}: {key}")
+        untrained = _train(problem, case, steps=0)
+        assert max((single[k] - untrained[k]).abs().max() for k in single) > 1e-3, f"{case}: training did nothing"
 
 
 def test_shard_splits_every_tensor_of_a_batch_into_contiguous_equal_parts():
