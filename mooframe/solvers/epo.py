@@ -36,7 +36,8 @@ class EPO(Solver):
 
     Args:
         eps: non-uniformity below which EPO switches from balancing to descent.
-        backend: LP solver behind cvxpy, "highs" (dual simplex, default: faster here) or "osqp".
+        backend: LP solver behind cvxpy, "highs" (simplex, default) or "osqp" (ADMM): equally fast in
+            training, but OSQP reports tight LPs infeasible and falls back (benchmarks/solvers.py).
     """
 
     needs_gram = True
