@@ -19,10 +19,16 @@ PROBLEMS: dict[str, str] = {
     "zdt3": "mooframe.problems.synthetic:ZDT3",
     "dtlz2": "mooframe.problems.synthetic:DTLZ2",
     "vlmop2": "mooframe.problems.synthetic:VLMOP2",
+    "clip_image_classification": "mooframe.problems.image_classification:CLIPImageClassification",
+    "gpt2_glue": "mooframe.problems.text_classification:GLUETextClassification",
 }
 
 MODELS: dict[str, str] = {
     "hypernet": "mooframe.models.hypernetwork:HypernetworkPSL",
+    "pwe_moe": "mooframe.models.pwe_moe:PWEMoE",
+    "task_arithmetic": "mooframe.models.task_arithmetic:PreferenceTaskArithmetic",
+    "ties": "mooframe.models.task_arithmetic:PreferenceTIES",
+    "per_ray": "mooframe.models.per_ray:PerRayModels",
 }
 
 SOLVERS: dict[str, str] = {
