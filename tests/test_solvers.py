@@ -120,11 +120,10 @@ def test_gram_solvers_are_well_defined_for_zero_gradients_and_one_objective(name
     solver = build_solver(name)
     solver.reset(3)
     w = solver.weights(torch.tensor([1.0, 2.0, 3.0]), torch.tensor([0.2, 0.3, 0.5]), torch.zeros(3, 3))
-    assert torch.isfinite(w).all() and (w >= 0).all() and w.sum() > 0
     solver.reset(1)
     assert solver.weights(torch.tensor([1.0]), torch.tensor([1.0]), torch.ones(1, 1)).tolist() == [1.0]
-    if name == "mgda":
-        assert w.tolist() == pytest.approx([1 / 3] * 3)
+    # zero gradients: any weights give the zero update; MGDA answers 1/T, the others the preference r
+    assert w.tolist() == pytest.approx([1 / 3] * 3 if name == "mgda" else [0.2, 0.3, 0.5])
 
 
 def test_epo_falls_back_to_relaxed_lp_then_ls_weights_and_counts_it(monkeypatch):
