@@ -227,7 +227,7 @@ def test_epo_rejects_negative_losses():
 
 
 @pytest.mark.slow
-def test_epo_and_tchebycheff_cover_the_concave_zdt2_front_where_ls_reaches_only_its_ends():
+def test_epo_and_tchebycheff_cover_the_concave_zdt2_front_where_ls_reaches_one_end():
     """A short run; benchmarks/solvers_zdt2.py gives the full-length figures (EPO >= 0.97 of the true HV)."""
     from pymoo.indicators.hv import HV
 
