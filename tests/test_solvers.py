@@ -207,7 +207,7 @@ def test_epo_infeasible_descent_lp_falls_back_to_the_relaxed_lp():
     grads = np.array([[0.329, -0.259], [1.583, 1.32], [0.633, -2.204]])
     pref, losses = np.array([0.24, 0.58, 0.18]), np.array([4.178, 1.7241, 5.5531])  # near the ray: descent mode
     balance, fallbacks, expected, *_ = _reference_epo(losses, pref, grads @ grads.T)
-    assert (balance, fallbacks) == (False, 1)  # the descent LP is infeasible: alpha^T C a >= max(C a) < 0
+    assert (balance, fallbacks) == (False, 1)  # no alpha on the simplex has alpha^T C a >= 0 and C alpha >= 0
     solver = EPO()
     alpha = solver.weights(*map(torch.tensor, (losses, pref, grads @ grads.T))).numpy()
     assert solver.stats() == {"balance": 0, "descent": 1, "relaxed_fallbacks": 1, "ls_fallbacks": 0, "inaccurate": 0}
