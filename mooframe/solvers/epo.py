@@ -146,24 +146,24 @@ class HighsLPs:
 
     def __init__(self) -> None:
         self.inaccurate = 0  # HiGHS returns an optimal vertex or a failure, never an inaccurate solution
-        self._models: dict[str, object] = {}
+        self._models: dict[str, tuple] = {}  # kind -> (Highs, row starts, column indices) of a dense row block
 
     def solve(self, kind: str, lp: LP) -> np.ndarray | None:
+        """The LP's optimal alpha, or None if HiGHS finds it infeasible or fails."""
         import highspy
 
-        n = len(lp.cost)
-        highs = self._models.get(kind)
-        if highs is None or highs.getNumCol() != n:
-            highs = self._models[kind] = _silent_highs()
+        n, m = len(lp.cost), len(lp.lower)
+        if kind not in self._models or self._models[kind][0].getNumCol() != n:
+            highs, index = _silent_highs(), np.arange(n, dtype=np.int32)
             highs.changeObjectiveSense(highspy.ObjSense.kMaximize)
             highs.addVars(n, np.zeros(n), np.full(n, highspy.kHighsInf))
-            highs.addRow(1.0, 1.0, n, np.arange(n, dtype=np.int32), np.ones(n))  # the simplex
-        highs.changeColsCost(n, np.arange(n, dtype=np.int32), lp.cost)
+            highs.addRow(1.0, 1.0, n, index, np.ones(n))  # the simplex; every other row is replaced each solve
+            self._models[kind] = (highs, n * np.arange(n + 1, dtype=np.int32), np.tile(index, n + 1))
+        highs, starts, columns = self._models[kind]
+        highs.changeColsCost(n, columns[:n], lp.cost)
         old = highs.getNumRow() - 1
         highs.deleteRows(old, np.arange(1, old + 1, dtype=np.int32))
-        m = len(lp.lower)
-        starts, columns = np.arange(0, m * n, n, dtype=np.int32), np.tile(np.arange(n, dtype=np.int32), m)
-        highs.addRows(m, lp.lower, np.full(m, highspy.kHighsInf), m * n, starts, columns, lp.rows.ravel())
+        highs.addRows(m, lp.lower, np.full(m, highspy.kHighsInf), m * n, starts[:m], columns[: m * n], lp.rows.ravel())
         highs.run()
         if highs.getModelStatus() != highspy.HighsModelStatus.kOptimal:
             return None
