@@ -19,6 +19,8 @@ PROBLEMS: dict[str, str] = {
     "zdt3": "mooframe.problems.synthetic:ZDT3",
     "dtlz2": "mooframe.problems.synthetic:DTLZ2",
     "vlmop2": "mooframe.problems.synthetic:VLMOP2",
+    "clip_image_classification": "mooframe.problems.image_classification:CLIPImageClassification",
+    "gpt2_glue": "mooframe.problems.text_classification:GLUETextClassification",
 }
 
 MODELS: dict[str, str] = {
@@ -31,6 +33,12 @@ MODELS: dict[str, str] = {
 
 SOLVERS: dict[str, str] = {
     "ls": "mooframe.solvers.ls:LinearScalarization",
+    "epo": "mooframe.solvers.epo:EPO",
+    "mgda": "mooframe.solvers.mgda:MGDA",
+    "tchebycheff": "mooframe.solvers.tchebycheff:Tchebycheff",
+    "smooth_tchebycheff": "mooframe.solvers.smooth_tchebycheff:SmoothTchebycheff",
+    "upgrad": "mooframe.solvers.upgrad:UPGrad",
+    "dualproj": "mooframe.solvers.dualproj:DualProj",
 }
 
 _KINDS = {"problem": PROBLEMS, "model": MODELS, "solver": SOLVERS}
