@@ -273,18 +273,19 @@ def test_saved_run_holds_only_the_routers_and_reloads_to_the_same_front(problem,
 
 def test_gram_path_runs_each_task_backward_once(problem):
     """Task t's gradient must not run the other tasks' backward passes (with zero gradients) through the stack."""
-    from mooframe.solve import _backward
+    from mooframe.solve import per_task_gradients
 
     model, calls = PWEMoE(problem, upscale="mlp"), [0, 0]
     heads = copy.deepcopy(problem.heads)
     hooks = [head.register_full_backward_hook(lambda *_, t=t: calls.__setitem__(t, calls[t] + 1)) for t, head in
              enumerate(heads)]  # fmt: skip
-    pref = torch.tensor([0.5, 0.5])
-    solution = model(pref)
+    solution = model(torch.tensor([0.5, 0.5]))
     batch = next(problem.batches(np.random.default_rng(0)))
-    losses = torch.stack([nn.functional.cross_entropy(heads[t](solution(x)), y) for t, (x, y) in enumerate(batch)])
-    weights = _backward(losses, pref, _GramLS(), model.trainable_parameters())
+    per_task = [nn.functional.cross_entropy(heads[t](solution(x)), y) for t, (x, y) in enumerate(batch)]
+    rows = per_task_gradients(torch.stack(per_task), model.trainable_parameters())
     for hook in hooks:
         hook.remove()
     assert calls == [1, 1]
-    torch.testing.assert_close(weights, pref)
+    for t, loss in enumerate(per_task):
+        expected = torch.autograd.grad(loss, model.trainable_parameters(), retain_graph=True)
+        torch.testing.assert_close(rows[t], torch.cat([g.flatten() for g in expected]))
