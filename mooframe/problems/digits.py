@@ -14,7 +14,9 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Callable, Sequence
+import re
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -53,7 +55,9 @@ ARCHITECTURE = dict(
     num_hidden_layers=2,
     num_attention_heads=4,
 )
-RECIPE = dict(test_fraction=0.3, pretext_steps=300, expert_steps=150, batch_size=64, lr=2e-3)
+RECIPE = dict(
+    test_fraction=0.3, pretext_steps=300, expert_steps=150, batch_size=64, lr=2e-3, expert_modules="attention_mlp"
+)
 
 
 class MultiTaskDigits(MergingProblem):
@@ -157,6 +161,26 @@ def load_or_build(
 
 def build(seed: int) -> dict[str, torch.Tensor]:
     """Pretrain on the rotation pretext task, fit a frozen head per task, fine-tune one expert per task."""
+    with torch_threads(1):
+        return _build(seed)
+
+
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run the block with `n` intra-op threads (then restore the previous number).
+
+    The digits model is so small that thread synchronisation dominates: one thread builds it in about a quarter
+    of the CPU time of two (benchmarks/digits_threads.py).
+    """
+    previous = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _build(seed: int) -> dict[str, torch.Tensor]:
     torch.manual_seed(seed)
     train, _ = split_digits(seed)
     generator = torch.Generator().manual_seed(seed)
@@ -178,6 +202,7 @@ def build(seed: int) -> dict[str, torch.Tensor]:
         head = linear_probe(backbone, data)
         expert = new_backbone()
         expert.load_state_dict(backbone.state_dict())
+        _freeze_outside(expert, UPSCALE_PRESETS[RECIPE["expert_modules"]])
         _train(expert, head.requires_grad_(False), data, RECIPE["expert_steps"], generator, None)
         tensors.update({f"head.{task}.{k}": v for k, v in head.state_dict().items()})
         tensors.update({f"expert.{task}.{k}": v for k, v in expert.named_parameters()})
@@ -221,6 +246,18 @@ def _train(
         loss.backward()
         opt.step()
     backbone.eval()
+
+
+def _freeze_outside(backbone: nn.Module, patterns: Sequence[str]) -> None:
+    """Fine-tune only the modules named by `patterns` (attention and MLP blocks).
+
+    Why: in a two-layer tower the embeddings and layer norms would carry much of each task vector, and merging
+    methods up-scale attention and MLP blocks only; ViT-B/32's task vectors live mostly in those blocks.
+    """
+    for name, p in backbone.named_parameters():
+        p.requires_grad_(any(re.match(rf"{pattern}\.", name) for pattern in patterns))
+    if not any(p.requires_grad for p in backbone.parameters()):
+        raise RuntimeError(f"no parameter of the digits backbone matches {list(patterns)}")
 
 
 def _prefixed(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
