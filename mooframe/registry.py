@@ -24,10 +24,20 @@ PROBLEMS: dict[str, str] = {
 
 MODELS: dict[str, str] = {
     "hypernet": "mooframe.models.hypernetwork:HypernetworkPSL",
+    "pwe_moe": "mooframe.models.pwe_moe:PWEMoE",
+    "task_arithmetic": "mooframe.models.task_arithmetic:PreferenceTaskArithmetic",
+    "ties": "mooframe.models.task_arithmetic:PreferenceTIES",
+    "per_ray": "mooframe.models.per_ray:PerRayModels",
 }
 
 SOLVERS: dict[str, str] = {
     "ls": "mooframe.solvers.ls:LinearScalarization",
+    "epo": "mooframe.solvers.epo:EPO",
+    "mgda": "mooframe.solvers.mgda:MGDA",
+    "tchebycheff": "mooframe.solvers.tchebycheff:Tchebycheff",
+    "smooth_tchebycheff": "mooframe.solvers.smooth_tchebycheff:SmoothTchebycheff",
+    "upgrad": "mooframe.solvers.upgrad:UPGrad",
+    "dualproj": "mooframe.solvers.dualproj:DualProj",
 }
 
 _KINDS = {"problem": PROBLEMS, "model": MODELS, "solver": SOLVERS}
