@@ -178,7 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="PWE-MoE vs merging baselines on multi-task digits: report and plots")
     demo.add_argument("--out", default="runs/demo", help="report directory (default runs/demo)")
-    demo.add_argument("--steps", type=int, default=300, help="training steps per PWE-MoE run")
+    demo.add_argument("--steps", type=int, default=1000, help="training steps per PWE-MoE run")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
     demo.set_defaults(run=_cmd_demo)
