@@ -1,6 +1,6 @@
 """Digits build: one intra-op thread vs two, measured side by side (wall and CPU seconds, and their ratios).
 
-    PYTHONPATH=. python benchmarks/digits_threads.py
+PYTHONPATH=. python benchmarks/digits_threads.py
 """
 
 from __future__ import annotations

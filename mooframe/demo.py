@@ -66,6 +66,7 @@ def run_methods(
     runs = {}
     with torch_threads(1):
         for label, (model, solver, model_kwargs, solve_kwargs) in methods.items():
+            model_kwargs = _rays_for(model_kwargs, problem.n_objectives)
             with peak_memory() as peak:
                 start = time.perf_counter()
                 result = solve(
@@ -75,7 +76,7 @@ def run_methods(
                     seed=seed,
                     alpha=ALPHA,
                     progress=progress,
-                    model_kwargs=_rays_for(model_kwargs, problem.n_objectives),
+                    model_kwargs=model_kwargs,
                     **{"steps": steps, "lr": 1e-2, **solve_kwargs},
                 )
                 trained = time.perf_counter()
