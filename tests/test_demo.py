@@ -77,7 +77,7 @@ def test_demo_writes_the_report_and_plots(digits_cache, tmp_path):
     report = report_path.read_text()
     for section in ("## 2 tasks: upright, rotated", "## 3 tasks: upright, rotated, inverted"):
         assert section in report
-    assert report.count("| TA | ") == 2 and report.count("| experts | ") == 2
+    assert report.count("| TA | e1 |") == 2 and report.count("| experts | e1 |") == 2
     for folder in ("two_tasks", "three_tasks"):
         assert f"![fronts]({folder}/fronts.png)" in report
         png = (tmp_path / folder / "fronts.png").read_bytes()
