@@ -30,7 +30,7 @@ def all_tasks(digits_cache) -> tuple[MultiTaskDigits, np.ndarray, np.ndarray]:
 
 def test_experts_beat_the_pretrained_model_on_their_own_task(all_tasks):
     _, pretrained, experts = all_tasks
-    # measured (seed 0): pretrained 0.72-0.76, experts 0.91-0.96 on their own task
+    # measured (seed 0): pretrained 0.73-0.76, experts 0.90-0.93 on their own task
     assert np.all(np.diag(experts) >= pretrained + 0.1)
     assert np.all(np.diag(experts) >= 0.85)
 
@@ -39,7 +39,7 @@ def test_tasks_conflict(all_tasks):
     """An expert is far worse than the other tasks' experts on their tasks: merging them is a real trade-off."""
     _, pretrained, experts = all_tasks
     off_diagonal = ~np.eye(len(experts), dtype=bool)
-    # measured: expert t on task s <= 0.61, expert s on s >= 0.91, and every expert forgets (< pretrained) elsewhere
+    # measured: expert t on task s <= 0.69, expert s on s >= 0.90, and every expert forgets (< pretrained) elsewhere
     assert np.all((np.diag(experts)[None, :] - experts)[off_diagonal] >= 0.2)
     assert np.all((experts < pretrained[None, :])[off_diagonal])
 
