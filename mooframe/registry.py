@@ -20,6 +20,8 @@ PROBLEMS: dict[str, str] = {
     "dtlz2": "mooframe.problems.synthetic:DTLZ2",
     "vlmop2": "mooframe.problems.synthetic:VLMOP2",
     "digits": "mooframe.problems.digits:MultiTaskDigits",
+    "clip_image_classification": "mooframe.problems.image_classification:CLIPImageClassification",
+    "gpt2_glue": "mooframe.problems.text_classification:GLUETextClassification",
 }
 
 MODELS: dict[str, str] = {
