@@ -169,8 +169,8 @@ def build(seed: int) -> dict[str, torch.Tensor]:
 def torch_threads(n: int) -> Iterator[None]:
     """Run the block with `n` intra-op threads (then restore the previous number).
 
-    The digits model is so small that thread synchronisation dominates: one thread builds it in about a quarter
-    of the CPU time of two (benchmarks/digits_threads.py).
+    The digits model is so small that thread synchronisation dominates: on a busy 2-core machine one thread
+    builds it in 4-16x less CPU time than two (benchmarks/digits_threads.py).
     """
     previous = torch.get_num_threads()
     torch.set_num_threads(n)
