@@ -24,7 +24,7 @@ from mooframe.pareto_set import FunctionalModel
 from mooframe.problem import MergingProblem
 from mooframe.problems.digits import DEFAULT_TASKS, MultiTaskDigits, torch_threads
 from mooframe.report import compare_fronts, evaluation_preferences, write_report
-from mooframe.result import Front
+from mooframe.result import Front, ParetoSetResult
 from mooframe.solve import solve
 from mooframe.solvers.epo import non_uniformity
 
@@ -52,6 +52,7 @@ class MethodRun:
     train_seconds: float
     eval_seconds: float
     peak_memory_mb: float | None
+    result: ParetoSetResult | None = None  # the trained set (None for the experts)
 
 
 def run_methods(
@@ -87,6 +88,7 @@ def run_methods(
                 trained - start,
                 time.perf_counter() - trained,
                 peak.mb,
+                result,
             )
         runs["experts"] = _experts(problem)
     return runs

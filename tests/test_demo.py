@@ -7,13 +7,14 @@ import pytest
 
 from mooframe.cli import main
 from mooframe.demo import METHODS, expert_front, ray_deviation, run_demo, run_methods
-from mooframe.problems.digits import MultiTaskDigits
+from mooframe.problems.digits import MultiTaskDigits, torch_threads
 from mooframe.report import compare_fronts
 from mooframe.result import Front
 
 COMPARED = {label: METHODS[label] for label in ("PWE-MoE (LS)", "PWE-MoE (EPO)", "task arithmetic")}
 #: measured at the demo's 1000 steps, seed 0: PWE-MoE (LS) reaches 0.976 and 1.011 of the experts' gain at e_1, e_2
 GAIN_FRACTION = 0.9
+RAYS = [[0.2, 0.8], [0.5, 0.5], [0.8, 0.2]]
 
 
 @pytest.fixture(scope="module")
@@ -48,8 +49,24 @@ def test_pwe_moe_has_a_higher_hypervolume_than_task_arithmetic(two_tasks):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="acceptance point not met: measured ray deviation EPO 0.043 > LS 0.014")
-def test_epo_is_at_least_as_close_to_the_preference_rays_as_ls(two_tasks):
+def test_epo_is_at_least_as_close_to_the_preference_rays_as_ls_on_the_training_losses(two_tasks):
+    """EPO steers the training losses onto the rays (measured on the 11-point grid: EPO 0.0071, LS 0.0274)."""
+    problem, runs = two_tasks
+    held_out = problem.test_data
+    problem.test_data = problem.train_data
+    try:
+        with torch_threads(1):  # evaluation of the tiny model: one thread is several times faster than two
+            deviation = {
+                label: ray_deviation(runs[label].result.front(RAYS)) for label in ("PWE-MoE (LS)", "PWE-MoE (EPO)")
+            }
+    finally:
+        problem.test_data = held_out
+    assert deviation["PWE-MoE (EPO)"] <= deviation["PWE-MoE (LS)"]
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="not met on held-out data: measured ray deviation EPO 0.043 > LS 0.014")
+def test_epo_is_at_least_as_close_to_the_preference_rays_as_ls_on_test_losses(two_tasks):
     _, runs = two_tasks
     assert ray_deviation(runs["PWE-MoE (EPO)"].front) <= ray_deviation(runs["PWE-MoE (LS)"].front)
 
