@@ -65,7 +65,7 @@ def test_epo_is_at_least_as_close_to_the_preference_rays_as_ls_on_the_training_l
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="not met on held-out data: measured ray deviation EPO 0.043 > LS 0.014")
+@pytest.mark.xfail(strict=True, reason="not met on held-out data: measured ray deviation EPO 0.044 > LS 0.014")
 def test_epo_is_at_least_as_close_to_the_preference_rays_as_ls_on_test_losses(two_tasks):
     _, runs = two_tasks
     assert ray_deviation(runs["PWE-MoE (EPO)"].front) <= ray_deviation(runs["PWE-MoE (LS)"].front)
