@@ -253,7 +253,9 @@ def plot_fronts(
             axes.plot(*true_front[order].T, ".", color="0.6", markersize=2, label="true front")
         for i, (label, front) in enumerate(fronts.items()):
             order = np.argsort(front.prefs[:, 0])
-            axes.plot(*front.objectives[order].T, "o-", color=colors[i % len(colors)], markersize=3, label=label)
+            # a line only where the points trace a set along the preferences, not for a few separate models
+            style = "o-" if len(front.prefs) > n_objectives else "s"
+            axes.plot(*front.objectives[order].T, style, color=colors[i % len(colors)], markersize=3, label=label)
         axes.set_xlabel(names[0])
         axes.set_ylabel(names[1])
     elif n_objectives == 3:
