@@ -200,15 +200,16 @@ def test_gram_path_gives_the_ls_update(problem):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("solver", ["ls", _GramLS()], ids=["ls", "gram_path"])
-def test_pwe_moe_front_beats_preference_weighted_task_arithmetic(problem, solver):
+# measured: LS 0.811, EPO 0.756, task arithmetic 0.744 (EPO trades HV for staying on the preference rays)
+@pytest.mark.parametrize(("solver", "margin"), [("ls", 0.05), ("epo", 0.005)])
+def test_pwe_moe_front_beats_preference_weighted_task_arithmetic(problem, solver, margin):
     hv = HV(ref_point=np.ones(2))
     baseline = solve(problem, "task_arithmetic", progress=False).front(n=11)
     result = solve(
         problem, "pwe_moe", solver, steps=300, lr=2e-2, alpha=0.5, progress=False, model_kwargs={"upscale": UPSCALE_ALL}
     )
     front = result.front(n=11)
-    assert hv(front.objectives) > hv(baseline.objectives) + 0.05
+    assert hv(front.objectives) > hv(baseline.objectives) + margin
     net = result.model_at([1.0, 0.0])
     assert problem.evaluate(net).metrics["accuracy"][0] > problem.evaluate(problem.pretrained).metrics["accuracy"][0]
 
@@ -289,3 +290,14 @@ def test_gram_path_runs_each_task_backward_once(problem):
     for t, loss in enumerate(per_task):
         expected = torch.autograd.grad(loss, model.trainable_parameters(), retain_graph=True)
         torch.testing.assert_close(rows[t], torch.cat([g.flatten() for g in expected]))
+
+
+def test_pwe_moe_trains_with_mgda_toward_a_common_descent_point(problem):
+    """MGDA ignores the preference: every step moves the routers along the min-norm common descent direction."""
+    kwargs = {"steps": 40, "lr": 2e-2, "progress": False, "model_kwargs": {"upscale": UPSCALE_ALL}}
+    result = solve(problem, "pwe_moe", "mgda", **kwargs)
+    weights = result.history["weight"]
+    np.testing.assert_allclose(weights.sum(1), 1.0, atol=1e-9)
+    assert (weights >= -1e-12).all()
+    first, last = result.history["loss"][:5].sum(1).mean(), result.history["loss"][-5:].sum(1).mean()
+    assert last < first
