@@ -11,12 +11,12 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
-from torch.utils.data import TensorDataset
 from transformers import CLIPVisionConfig, CLIPVisionModel, GPT2Config, GPT2Model
 
 import mooframe.export
 from mooframe import FunctionalModel, ParetoSetModel, ParetoSetResult, solve
 from mooframe.adapters import Backbone
+from mooframe.adapters.gpt2 import GPT2Backbone
 from mooframe.adapters.hf_clip import HFCLIPVisionBackbone
 from mooframe.cli import main
 from mooframe.problem import MergingProblem
@@ -43,7 +43,7 @@ class _TaskArithmeticSet(ParetoSetModel):
         return FunctionalModel(self.backbone[0], params)
 
 
-def _merging_result(pretrained: Backbone, make_expert, inputs: torch.Tensor, features: int) -> ParetoSetResult:
+def _merging_result(pretrained: Backbone, make_expert, inputs: torch.Tensor | dict, features: int) -> ParetoSetResult:
     """A two-task merging run over `pretrained`, experts perturbed from it, random labels and linear heads."""
     experts = []
     for seed in (1, 2):
@@ -54,7 +54,8 @@ def _merging_result(pretrained: Backbone, make_expert, inputs: torch.Tensor, fea
         experts.append(expert)
     torch.manual_seed(3)
     heads = [nn.Linear(features, 3) for _ in range(2)]
-    data = [TensorDataset(inputs, torch.randint(0, 3, (len(inputs),))) for _ in range(2)]
+    n_examples = len(next(iter(inputs.values())) if isinstance(inputs, dict) else inputs)
+    data = [_labelled(inputs, torch.randint(0, 3, (n_examples,))) for _ in range(2)]
     problem = MergingProblem(pretrained, experts, heads, data, task_names=["a", "b"], batch_size=4)
     return ParetoSetResult(problem, _TaskArithmeticSet(problem), LinearScalarization())
 
@@ -67,13 +68,11 @@ def _tiny_clip() -> CLIPVisionModel:
     return CLIPVisionModel(config).eval()
 
 
-class _GPT2LastToken(Backbone):
-    """input_ids -> last token's hidden state (a stand-in for the hf_gpt2 adapter, not yet in main)."""
-
-    family = "hf_gpt2"
-
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.model(input_ids=input_ids).last_hidden_state[:, -1]
+def _labelled(inputs: torch.Tensor | dict, labels: torch.Tensor) -> list:
+    """(inputs, label) pairs; dict inputs (token ids and mask) become one dict per example."""
+    if isinstance(inputs, dict):
+        return [({key: value[i] for key, value in inputs.items()}, labels[i]) for i in range(len(labels))]
+    return list(zip(inputs, labels, strict=True))
 
 
 def _tiny_gpt2() -> GPT2Model:
@@ -92,7 +91,7 @@ clip = CLIPVisionModel.from_pretrained(sys.argv[1]).eval()
 gpt2 = GPT2Model.from_pretrained(sys.argv[2]).eval()
 outputs = {
     "clip": clip(pixel_values=inputs["pixels"]).pooler_output,
-    "gpt2": gpt2(input_ids=inputs["ids"]).last_hidden_state[:, -1],
+    "gpt2": gpt2(input_ids=inputs["ids"], attention_mask=inputs["mask"]).last_hidden_state,
 }
 save_file({k: v.detach().contiguous() for k, v in outputs.items()}, sys.argv[4])
 """
@@ -102,10 +101,13 @@ def test_exported_hf_models_load_with_plain_transformers_and_match_the_model_at_
     torch.manual_seed(4)
     pixels, ids = torch.randn(6, 3, 8, 8), torch.randint(0, 50, (6, 5))
     clip = _merging_result(HFCLIPVisionBackbone(_tiny_clip()), lambda: HFCLIPVisionBackbone(_tiny_clip()), pixels, 16)
-    gpt2 = _merging_result(_GPT2LastToken(_tiny_gpt2()), lambda: _GPT2LastToken(_tiny_gpt2()), ids, 16)
+    mask = torch.ones_like(ids)
+    mask[:2, -2:] = 0  # right padding: the backbone reads each sequence's last real token
+    tokens = {"input_ids": ids, "attention_mask": mask}
+    gpt2 = _merging_result(GPT2Backbone(_tiny_gpt2()), lambda: GPT2Backbone(_tiny_gpt2()), tokens, 16)
     clip.export(tmp_path / "clip", PREF)
     gpt2.export(tmp_path / "gpt2", PREF)
-    save_file({"pixels": pixels, "ids": ids}, str(tmp_path / "inputs.safetensors"))
+    save_file({"pixels": pixels, "ids": ids, "mask": mask}, str(tmp_path / "inputs.safetensors"))
     script = tmp_path / "load.py"
     script.write_text(_LOAD_WITHOUT_MOOFRAME)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"HF_HUB_OFFLINE": "1"}
@@ -114,7 +116,9 @@ def test_exported_hf_models_load_with_plain_transformers_and_match_the_model_at_
     outputs = load_file(str(tmp_path / "outputs.safetensors"))
     with torch.no_grad():
         torch.testing.assert_close(outputs["clip"], clip.model_at(PREF)(pixels), rtol=0, atol=1e-5)
-        torch.testing.assert_close(outputs["gpt2"], gpt2.model_at(PREF)(ids), rtol=0, atol=1e-5)
+        last = torch.tensor([2, 2, 4, 4, 4, 4])  # last non-padding position of each sequence
+        features = outputs["gpt2"][torch.arange(6), last]
+        torch.testing.assert_close(features, gpt2.model_at(PREF)(ids, mask), rtol=0, atol=1e-5)
         assert not torch.allclose(outputs["clip"], clip.problem.pretrained(pixels), atol=1e-3)  # really merged
 
     card = json.loads((tmp_path / "clip" / mooframe.export.CARD_FILE).read_text())
