@@ -23,6 +23,7 @@ PROBLEMS: dict[str, str] = {
 
 MODELS: dict[str, str] = {
     "hypernet": "mooframe.models.hypernetwork:HypernetworkPSL",
+    "pareto_merging": "mooframe.models.pareto_merging:ParetoMerging",
 }
 
 SOLVERS: dict[str, str] = {

@@ -1,0 +1,157 @@
+"""Pareto Merging (Chen & Kwok, "Pareto Merging: Multi-Objective Optimization for Preference-Aware Model Merging",
+ICML 2025, arXiv 2408.12105): a preference-independent base merge plus a preference-dependent low-rank tensor."""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from mooframe.merging import add_weighted, stack_task_vectors, task_arithmetic, task_vectors, ties_merging
+from mooframe.pareto_set import FunctionalModel, ParetoSetModel
+from mooframe.problem import MergingProblem
+
+BASES = ("task_arithmetic", "ties", "adamerging")
+
+
+class LowRankPreferenceTensor(nn.Module):
+    """Delta(r) = G x1 A1 x2 A2 x3 (A3^T r): an (m, n) matrix that depends linearly on the preference r.
+
+    A Tucker-style factorization with core G (p, q, s) and factors A1 (m, p), A2 (n, q), A3 (T, s), so that
+    Delta(r) = A1 (sum_j c_j G[:, :, j]) A2^T with c = A3^T r. Parameters: p q s + m p + n q + T s.
+    Initialization: G = 0 (the merged model starts at the base merge), A1 and A2 ~ N(0, 1/p) and N(0, 1/q),
+    A3 = the (T, s) identity (with s = T each core slice starts as one task's direction).
+    """
+
+    def __init__(self, shape: tuple[int, int], n_objectives: int, rank: int, pref_rank: int) -> None:
+        super().__init__()
+        (m, n), (p, q, s) = shape, (min(rank, shape[0]), min(rank, shape[1]), pref_rank)
+        self.core = nn.Parameter(torch.zeros(p, q, s))
+        self.rows = nn.Parameter(torch.randn(m, p) / p**0.5)
+        self.cols = nn.Parameter(torch.randn(n, q) / q**0.5)
+        self.pref = nn.Parameter(torch.eye(n_objectives, s))
+
+    def forward(self, pref: torch.Tensor) -> torch.Tensor:
+        core = torch.einsum("pqs,s->pq", self.core, pref @ self.pref)
+        return self.rows @ core @ self.cols.T
+
+
+class ParetoMerging(ParetoSetModel):
+    """theta(r) = theta_base + [G x1 A1 x2 A2 x3 A3^T r per selected weight matrix] (Chen & Kwok, ICML 2025).
+
+    The base theta_base is one preference-independent merge of the experts: task arithmetic
+    theta_0 + lambda sum_t tau_t, TIES (trim to the top `top_k` of each task vector, elect signs, disjoint mean,
+    scaled by lambda), or AdaMerging's layer-wise coefficients theta_0 + sum_t lambda_{l,t} tau_{t,l} (one per
+    parameter tensor l and task t, learned, initialized to lambda). Only the low-rank tensors (and the AdaMerging
+    coefficients) are trained.
+
+    Args:
+        problem: a `MergingProblem` (pretrained backbone, T experts).
+        base: "task_arithmetic", "ties" or "adamerging".
+        scaling: lambda of task arithmetic and TIES, and the initial AdaMerging coefficient.
+        top_k: fraction of each task vector TIES keeps (by magnitude).
+        rank: p = q, the ranks of the weight's two dimensions (capped by the dimension).
+        pref_rank: s, the rank of the preference dimension (default T).
+        layers: which `nn.Linear` weights get a low-rank tensor: "all", a preset name of the problem's
+            `upscale_presets` (e.g. "mlp"), or a list of regular expressions matched in full against module names
+            (a linear layer is selected when it or one of its parent modules matches).
+    """
+
+    def __init__(
+        self,
+        problem: MergingProblem,
+        base: str = "task_arithmetic",
+        scaling: float = 0.3,
+        top_k: float = 0.2,
+        rank: int = 16,
+        pref_rank: int | None = None,
+        layers: str | Sequence[str] = "all",
+    ) -> None:
+        super().__init__(problem)
+        if not isinstance(problem, MergingProblem):
+            raise ValueError(f"pareto_merging needs a MergingProblem (pretrained model and experts), got {problem!r}")
+        if base not in BASES:
+            raise ValueError(f"unknown base merge {base!r}; known: {', '.join(BASES)}")
+        if rank < 1 or (pref_rank is not None and pref_rank < 1):
+            raise ValueError(f"rank and pref_rank must be >= 1, got rank={rank}, pref_rank={pref_rank}")
+        self.base, self.scaling, self.top_k, self.rank, self.pref_rank = base, scaling, top_k, rank, pref_rank
+        self.layers = layers if isinstance(layers, str) else list(layers)
+        self.backbone = problem.pretrained
+        self.names = [name for name, _ in problem.pretrained.named_parameters()]
+        pretrained = problem.pretrained_state()
+        vectors = task_vectors(pretrained, problem.expert_states)
+        if base == "adamerging":
+            stacked = stack_task_vectors(vectors, self.names)
+            for i, name in enumerate(self.names):
+                self.register_buffer(f"pretrained_{i}", pretrained[name], persistent=False)
+                self.register_buffer(f"vectors_{i}", stacked[name], persistent=False)
+            self.coefficients = nn.Parameter(torch.full((len(self.names), self.n_objectives), float(scaling)))
+        else:
+            merged = (
+                task_arithmetic(pretrained, vectors, scaling)
+                if base == "task_arithmetic"
+                else ties_merging(pretrained, vectors, scaling, top_k)
+            )
+            for i, name in enumerate(self.names):
+                self.register_buffer(f"base_{i}", merged[name], persistent=False)
+        self.adapted = selected_linear_weights(problem.pretrained, _layer_patterns(problem, layers))
+        if not self.adapted:
+            raise ValueError(f"layers={layers!r} selects no nn.Linear layer of {type(problem.pretrained).__name__}")
+        shapes = {name: tuple(p.shape) for name, p in problem.pretrained.named_parameters()}
+        s = pref_rank or self.n_objectives
+        self.tensors = nn.ModuleList(
+            LowRankPreferenceTensor(shapes[name], self.n_objectives, rank, s) for name in self.adapted
+        ).to(next(iter(pretrained.values())))
+
+    def base_parameters(self) -> dict[str, torch.Tensor]:
+        """theta_base by name: the preference-independent merge (differentiable in the AdaMerging coefficients)."""
+        if self.base != "adamerging":
+            return {name: getattr(self, f"base_{i}") for i, name in enumerate(self.names)}
+        return {
+            name: add_weighted(getattr(self, f"pretrained_{i}"), getattr(self, f"vectors_{i}"), self.coefficients[i])
+            for i, name in enumerate(self.names)
+        }
+
+    def forward(self, pref: torch.Tensor) -> FunctionalModel:
+        params = self.base_parameters()
+        pref = pref.to(self.tensors[0].core)
+        for name, tensor in zip(self.adapted, self.tensors, strict=True):
+            params[name] = params[name] + tensor(pref)
+        return FunctionalModel(self.backbone, params)
+
+    def materialize(self, pref) -> nn.Module:
+        """A plain copy of the base architecture holding theta(pref): no low-rank tensor remains."""
+        solution = super().materialize(pref)
+        module = copy.deepcopy(self.backbone)
+        with torch.no_grad():
+            for name, param in module.named_parameters():
+                param.copy_(solution.params[name])
+        return module
+
+
+def selected_linear_weights(backbone: nn.Module, patterns: Sequence[str] | None) -> list[str]:
+    """Names of the weights of the `nn.Linear` modules in `backbone` that match (or whose parents match) a pattern;
+    all of them when `patterns` is None."""
+    compiled = [re.compile(p) for p in patterns or []]
+    names = []
+    for module_name, module in backbone.named_modules():
+        if not isinstance(module, nn.Linear):
+            continue
+        prefixes = [".".join(module_name.split(".")[:k]) for k in range(1, module_name.count(".") + 2)]
+        if patterns is None or any(c.fullmatch(prefix) for c in compiled for prefix in prefixes):
+            names.append(f"{module_name}.weight")
+    return names
+
+
+def _layer_patterns(problem: MergingProblem, layers: str | Sequence[str]) -> list[str] | None:
+    if not isinstance(layers, str):
+        return list(layers)
+    if layers == "all":
+        return None
+    if layers not in problem.upscale_presets:
+        known = ", ".join(["all", *problem.upscale_presets])
+        raise ValueError(f"unknown layers preset {layers!r}; known: {known}, or pass a list of regular expressions")
+    return problem.upscale_presets[layers]
