@@ -1,0 +1,116 @@
+"""Task vectors and their linear combinations: task arithmetic, weight averaging, the shared merge primitive."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+
+StateDict = Mapping[str, torch.Tensor]
+
+
+def task_vectors(pretrained: StateDict, experts: Sequence[StateDict]) -> list[dict[str, torch.Tensor]]:
+    """tau_t = theta_t - theta_0 for each expert (Ilharco et al., "Editing Models with Task Arithmetic", 2023)."""
+    for t, expert in enumerate(experts):
+        _check_same_names(pretrained, expert, f"expert {t}")
+    return [{name: expert[name].detach() - base.detach() for name, base in pretrained.items()} for expert in experts]
+
+
+def task_arithmetic(
+    pretrained: StateDict, vectors: Sequence[StateDict], scaling: float | Sequence[float] | torch.Tensor = 0.3
+) -> dict[str, torch.Tensor]:
+    """theta = theta_0 + sum_t lambda_t tau_t; a scalar `scaling` is one lambda for all tasks.
+
+    A tensor `scaling` of shape (T,) may require grad: the result is differentiable in it.
+    """
+    coefficients = _coefficients(scaling, len(vectors), "scaling")
+    for t, vector in enumerate(vectors):
+        _check_same_names(pretrained, vector, f"task vector {t}")
+    return {
+        name: base + sum(c * vector[name] for c, vector in zip(coefficients, vectors, strict=True))
+        for name, base in pretrained.items()
+    }
+
+
+def weight_average(
+    states: Sequence[StateDict], weights: Sequence[float] | torch.Tensor | None = None
+) -> dict[str, torch.Tensor]:
+    """theta = sum_t w_t theta_t / sum_t w_t (uniform w by default: the "model soup" of Wortsman et al., 2022)."""
+    if not states:
+        raise ValueError("weight_average needs at least one state dict")
+    coefficients = _coefficients(1.0 if weights is None else weights, len(states), "weights")
+    if (coefficients < 0).any() or float(coefficients.sum()) <= 0:
+        raise ValueError(f"weights must be non-negative with a positive sum, got {coefficients.tolist()}")
+    coefficients = coefficients / coefficients.sum()
+    for t, state in enumerate(states[1:], start=1):
+        _check_same_names(states[0], state, f"state {t}")
+    return {name: sum(c * state[name] for c, state in zip(coefficients, states, strict=True)) for name in states[0]}
+
+
+def stack_task_vectors(
+    vectors: Sequence[StateDict], names: Sequence[str] | None = None, dtype: torch.dtype | None = None
+) -> dict[str, torch.Tensor]:
+    """The task-vector dictionary D_tau: name -> tensor of shape (T, *shape), optionally cast (e.g. to bfloat16)."""
+    if not vectors:
+        raise ValueError("stack_task_vectors needs at least one task vector")
+    names = list(vectors[0]) if names is None else list(names)
+    return {name: torch.stack([v[name].detach() for v in vectors]).to(dtype=dtype) for name in names}
+
+
+def add_weighted(base: torch.Tensor, stacked: torch.Tensor, coefficients: torch.Tensor) -> torch.Tensor:
+    """base + sum_t c_t stacked[t], in base's dtype: the merge step every merging model shares.
+
+    `stacked` (shape (T, *base.shape)) may be stored in a lower precision (bfloat16): it is cast on the fly and
+    only the stored tensor is kept for backward, so a low-precision dictionary also halves training memory.
+    """
+    if stacked.shape[1:] != base.shape or coefficients.shape != stacked.shape[:1]:
+        raise ValueError(
+            f"add_weighted: base {tuple(base.shape)}, stacked {tuple(stacked.shape)} and coefficients "
+            f"{tuple(coefficients.shape)} do not fit; stacked must be (T, *base.shape), coefficients (T,)"
+        )
+    return _AddWeighted.apply(base, stacked, coefficients)
+
+
+class _AddWeighted(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, base: torch.Tensor, stacked: torch.Tensor, coefficients: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(stacked, coefficients)
+        return base + torch.tensordot(coefficients.to(base.dtype), stacked.to(base.dtype), dims=1)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        stacked, coefficients = ctx.saved_tensors
+        grad_base = grad if ctx.needs_input_grad[0] else None
+        grad_stacked = grad_coefficients = None
+        if ctx.needs_input_grad[1]:
+            grad_stacked = (coefficients.to(grad)[:, None] * grad.flatten()).view_as(stacked).to(stacked.dtype)
+        if ctx.needs_input_grad[2]:
+            flat = stacked.flatten(1).to(grad.dtype) @ grad.flatten()
+            grad_coefficients = flat.to(coefficients.dtype)
+        return grad_base, grad_stacked, grad_coefficients
+
+
+def _coefficients(values: float | Sequence[float] | torch.Tensor, n: int, what: str) -> torch.Tensor:
+    """`values` as a tensor of shape (n,): a scalar is repeated, a sequence must have n entries."""
+    tensor = torch.as_tensor(values, dtype=None if isinstance(values, torch.Tensor) else torch.float32)
+    if tensor.dim() == 0:
+        tensor = tensor.expand(n)
+    if tensor.shape != (n,):
+        raise ValueError(f"{what} must be a number or have one entry per task ({n}), got shape {tuple(tensor.shape)}")
+    if not torch.isfinite(tensor.detach()).all():
+        raise ValueError(f"{what} contains NaN or inf: {tensor.tolist()}")
+    return tensor
+
+
+def _check_same_names(reference: StateDict, other: StateDict, what: str) -> None:
+    missing, extra = sorted(set(reference) - set(other)), sorted(set(other) - set(reference))
+    if missing or extra:
+        raise ValueError(
+            f"{what} does not have the pretrained model's parameter names: missing {missing[:3]}, "
+            f"unexpected {extra[:3]}; pass state dicts of the same architecture"
+        )
+    for name, tensor in reference.items():
+        if other[name].shape != tensor.shape:
+            raise ValueError(
+                f"{what}: parameter {name!r} has shape {tuple(other[name].shape)}, expected {tuple(tensor.shape)}"
+            )

@@ -1,0 +1,135 @@
+"""Merging functions over state dicts, checked against independent computations on flattened vectors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from mooframe.merging import (
+    add_weighted,
+    disjoint_merge,
+    stack_task_vectors,
+    task_arithmetic,
+    task_vectors,
+    ties_merging,
+    trim_top_k,
+    weight_average,
+)
+
+
+def _state(seed: int) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    return {"w": torch.randn(4, 3, generator=generator), "b": torch.randn(5, generator=generator)}
+
+
+def _flat(state: dict[str, torch.Tensor]) -> np.ndarray:
+    return np.concatenate([state[name].double().flatten().numpy() for name in ("w", "b")])
+
+
+def _reference_ties(taus: list[np.ndarray], top_k: float, weights: np.ndarray) -> np.ndarray:
+    """TIES on flat numpy vectors: keep the ceil(k n) largest magnitudes, elect the sign of the sum, disjoint mean."""
+    trimmed = []
+    for tau in taus:
+        keep = int(np.ceil(top_k * tau.size))
+        mask = np.zeros(tau.size, bool)
+        mask[np.argsort(-np.abs(tau), kind="stable")[:keep]] = True
+        trimmed.append(np.where(mask, tau, 0.0))
+    weighted = weights[:, None] * np.stack(trimmed)
+    agree = (np.sign(weighted) == np.sign(weighted.sum(0))) & (weighted != 0)
+    return (weighted * agree).sum(0) / np.maximum(agree.sum(0), 1)
+
+
+def test_task_vectors_and_task_arithmetic_match_flat_vectors():
+    base, experts = _state(0), [_state(1), _state(2), _state(3)]
+    taus = task_vectors(base, experts)
+    for tau, expert in zip(taus, experts, strict=True):
+        np.testing.assert_allclose(_flat(tau), _flat(expert) - _flat(base), atol=1e-6)
+    lambdas = np.array([0.3, -0.5, 1.2])
+    merged = task_arithmetic(base, taus, torch.tensor(lambdas))
+    expected = _flat(base) + sum(lam * (_flat(e) - _flat(base)) for lam, e in zip(lambdas, experts, strict=True))
+    np.testing.assert_allclose(_flat(merged), expected, atol=1e-5)
+    np.testing.assert_allclose(_flat(task_arithmetic(base, taus[:1], 1.0)), _flat(experts[0]), atol=1e-6)
+    scalar = task_arithmetic(base, taus, 0.3)
+    np.testing.assert_allclose(_flat(scalar), _flat(base) + 0.3 * sum(_flat(t) for t in taus), atol=1e-5)
+
+
+def test_task_arithmetic_is_differentiable_in_its_scaling():
+    base, taus = _state(0), task_vectors(_state(0), [_state(1), _state(2)])
+    scaling = torch.tensor([0.2, 0.7], requires_grad=True)
+    sum(v.sum() for v in task_arithmetic(base, taus, scaling).values()).backward()
+    np.testing.assert_allclose(scaling.grad.numpy(), [_flat(t).sum() for t in taus], rtol=1e-5)
+
+
+def test_ties_on_a_hand_worked_example():
+    base = {"a": torch.zeros(2), "b": torch.ones(2)}
+    taus = [
+        {"a": torch.tensor([3.0, -1.0]), "b": torch.tensor([0.5, 2.0])},
+        {"a": torch.tensor([-2.0, -4.0]), "b": torch.tensor([0.1, 1.0])},
+    ]
+    # top half by magnitude over both tensors: task 1 keeps 3 and 2, task 2 keeps -2 and -4.
+    merged = ties_merging(base, taus, scaling=0.5, top_k=0.5)
+    torch.testing.assert_close(merged["a"], torch.tensor([1.5, -2.0]))
+    torch.testing.assert_close(merged["b"], torch.tensor([1.0, 2.0]))
+
+
+@pytest.mark.parametrize("top_k", [0.1, 0.37, 1.0])
+def test_ties_matches_a_flat_reference(top_k):
+    base, experts = _state(0), [_state(s) for s in (1, 2, 3)]
+    taus = task_vectors(base, experts)
+    weights = np.array([0.6, 0.3, 0.1])
+    merged = ties_merging(base, taus, scaling=0.4, top_k=top_k, weights=torch.tensor(weights))
+    reference = _reference_ties([_flat(t) for t in taus], top_k, weights)
+    np.testing.assert_allclose(_flat(merged), _flat(base) + 0.4 * reference, atol=1e-5)
+    kept = [int((_flat(t) != 0).sum()) for t in trim_top_k(taus, top_k)]
+    assert kept == [int(np.ceil(top_k * 17))] * 3
+
+
+def test_disjoint_merge_with_a_zero_weight_ignores_that_task():
+    taus = task_vectors(_state(0), [_state(1), _state(2)])
+    only_first = disjoint_merge(taus, torch.tensor([2.0, 0.0]))
+    np.testing.assert_allclose(_flat(only_first), 2 * _flat(taus[0]), atol=1e-6)
+
+
+def test_weight_average_is_the_normalized_weighted_mean():
+    states = [_state(s) for s in (1, 2, 3)]
+    np.testing.assert_allclose(_flat(weight_average(states)), np.mean([_flat(s) for s in states], 0), atol=1e-6)
+    weighted = weight_average(states, [1.0, 3.0, 0.0])
+    np.testing.assert_allclose(_flat(weighted), 0.25 * _flat(states[0]) + 0.75 * _flat(states[1]), atol=1e-6)
+
+
+def test_add_weighted_values_and_gradients():
+    base = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+    stacked = torch.randn(2, 3, 4, dtype=torch.float64, requires_grad=True)
+    coefficients = torch.randn(2, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(add_weighted, (base, stacked, coefficients))
+    torch.testing.assert_close(
+        add_weighted(base, stacked, coefficients), base + torch.einsum("t,tij->ij", coefficients, stacked)
+    )
+
+
+def test_bfloat16_dictionary_merges_its_rounded_values_in_float32():
+    taus = task_vectors(_state(0), [_state(1), _state(2)])
+    stacked = stack_task_vectors(taus, dtype=torch.bfloat16)
+    assert stacked["w"].dtype == torch.bfloat16 and stacked["w"].shape == (2, 4, 3)
+    coefficients = torch.tensor([0.3, 0.6], requires_grad=True)
+    merged = add_weighted(_state(0)["w"], stacked["w"], coefficients)
+    assert merged.dtype == torch.float32
+    torch.testing.assert_close(merged, _state(0)["w"] + torch.einsum("t,tij->ij", coefficients, stacked["w"].float()))
+    merged.sum().backward()
+    torch.testing.assert_close(coefficients.grad, stacked["w"].float().sum((1, 2)))
+
+
+def test_mismatched_inputs_are_named():
+    base, other = _state(0), _state(1)
+    other["extra"] = torch.zeros(1)
+    with pytest.raises(ValueError, match="unexpected \\['extra'\\]"):
+        task_vectors(base, [other])
+    with pytest.raises(ValueError, match="'w' has shape \\(2,\\)"):
+        task_arithmetic(base, [{"w": torch.zeros(2), "b": torch.zeros(5)}])
+    with pytest.raises(ValueError, match="one entry per task \\(2\\)"):
+        task_arithmetic(base, task_vectors(base, [_state(1), _state(2)]), [0.1, 0.2, 0.3])
+    with pytest.raises(ValueError, match="top_k"):
+        trim_top_k([base], 0.0)
+    with pytest.raises(ValueError, match="non-negative"):
+        weight_average([base, base], [1.0, -1.0])
