@@ -73,6 +73,8 @@ def test_only_the_low_rank_tensors_and_adamerging_coefficients_train(tiny_mergin
     assert ada.adapted == ["0.weight", "2.weight"]
     n_tensors = len(list(problem.pretrained.parameters()))
     assert ada.coefficients.shape == (n_tensors, 2) and ada.coefficients.requires_grad
+    baseline = ParetoMerging(problem, base="adamerging", rank=0)  # AdaMerging alone: only its coefficients train
+    assert [p.shape for p in baseline.trainable_parameters()] == [(n_tensors, 2)]
     # the AdaMerging base is theta_0 + sum_t lambda_{l,t} tau_{t,l}, differentiable in the coefficients
     with torch.no_grad():
         ada.coefficients[0] = torch.tensor([1.0, 0.0])
@@ -139,8 +141,8 @@ def test_bad_options_say_what_to_pass(tiny_merging_problem):
         ParetoMerging(problem, layers="mlp")
     with pytest.raises(ValueError, match="selects no nn.Linear"):
         ParetoMerging(problem, layers=["nothing"])
-    with pytest.raises(ValueError, match="rank and pref_rank must be >= 1"):
-        ParetoMerging(problem, rank=0)
+    with pytest.raises(ValueError, match="rank must be >= 0"):
+        ParetoMerging(problem, rank=-1)
     with pytest.raises(ValueError, match="needs a MergingProblem"):
         solve("zdt1", model="pareto_merging", steps=1, progress=False)
 

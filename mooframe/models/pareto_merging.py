@@ -53,7 +53,8 @@ class ParetoMerging(ParetoSetModel):
         base: "task_arithmetic", "ties" or "adamerging".
         scaling: lambda of task arithmetic and TIES, and the initial AdaMerging coefficient.
         top_k: fraction of each task vector TIES keeps (by magnitude).
-        rank: p = q, the ranks of the weight's two dimensions (capped by the dimension).
+        rank: p = q, the ranks of the weight's two dimensions (capped by the dimension); 0 keeps the base merge
+            alone (the baselines: task arithmetic, TIES, or AdaMerging with its coefficients trained).
         pref_rank: s, the rank of the preference dimension (default T).
         layers: which `nn.Linear` weights get a low-rank tensor: "all", a preset name of the problem's
             `upscale_presets` (e.g. "mlp"), or a list of regular expressions matched in full against module names
@@ -75,8 +76,10 @@ class ParetoMerging(ParetoSetModel):
             raise ValueError(f"pareto_merging needs a MergingProblem (pretrained model and experts), got {problem!r}")
         if base not in BASES:
             raise ValueError(f"unknown base merge {base!r}; known: {', '.join(BASES)}")
-        if rank < 1 or (pref_rank is not None and pref_rank < 1):
-            raise ValueError(f"rank and pref_rank must be >= 1, got rank={rank}, pref_rank={pref_rank}")
+        if rank < 0 or (pref_rank is not None and pref_rank < 1):
+            raise ValueError(
+                f"rank must be >= 0 (0: the base merge alone) and pref_rank >= 1; got {rank=}, {pref_rank=}"
+            )
         self.base, self.scaling, self.top_k, self.rank, self.pref_rank = base, scaling, top_k, rank, pref_rank
         self.layers = layers if isinstance(layers, str) else list(layers)
         self.backbone = problem.pretrained
@@ -97,8 +100,8 @@ class ParetoMerging(ParetoSetModel):
             )
             for i, name in enumerate(self.names):
                 self.register_buffer(f"base_{i}", merged[name], persistent=False)
-        self.adapted = selected_linear_weights(problem.pretrained, _layer_patterns(problem, layers))
-        if not self.adapted:
+        self.adapted = selected_linear_weights(problem.pretrained, _layer_patterns(problem, layers)) if rank else []
+        if rank and not self.adapted:
             raise ValueError(f"layers={layers!r} selects no nn.Linear layer of {type(problem.pretrained).__name__}")
         shapes = {name: tuple(p.shape) for name, p in problem.pretrained.named_parameters()}
         s = pref_rank or self.n_objectives
@@ -117,9 +120,8 @@ class ParetoMerging(ParetoSetModel):
 
     def forward(self, pref: torch.Tensor) -> FunctionalModel:
         params = self.base_parameters()
-        pref = pref.to(self.tensors[0].core)
         for name, tensor in zip(self.adapted, self.tensors, strict=True):
-            params[name] = params[name] + tensor(pref)
+            params[name] = params[name] + tensor(pref.to(params[name]))
         return FunctionalModel(self.backbone, params)
 
     def materialize(self, pref) -> nn.Module:
