@@ -12,6 +12,7 @@ from torch import nn
 
 from mooframe.merging import add_weighted, stack_task_vectors, task_arithmetic, task_vectors, ties_merging
 from mooframe.pareto_set import FunctionalModel, ParetoSetModel
+from mooframe.preferences import PreferenceLike
 from mooframe.problem import MergingProblem
 
 BASES = ("task_arithmetic", "ties", "adamerging")
@@ -124,7 +125,7 @@ class ParetoMerging(ParetoSetModel):
             params[name] = params[name] + tensor(pref.to(params[name]))
         return FunctionalModel(self.backbone, params)
 
-    def materialize(self, pref) -> nn.Module:
+    def materialize(self, pref: PreferenceLike) -> nn.Module:
         """A plain copy of the base architecture holding theta(pref): no low-rank tensor remains."""
         solution = super().materialize(pref)
         module = copy.deepcopy(self.backbone)
