@@ -1,4 +1,4 @@
-"""The `mooframe` command: solve, evaluate, list."""
+"""The `mooframe` command: solve, select, export, list."""
 
 from __future__ import annotations
 
@@ -48,6 +48,41 @@ def _cmd_solve(args: argparse.Namespace) -> None:
     print(f"saved run to {path}")
 
 
+def _cmd_select(args: argparse.Namespace) -> None:
+    from mooframe.result import ParetoSetResult
+
+    result = ParetoSetResult.load(args.run_dir, device=args.device)
+    print(result.select(args.rule, n=args.n, refine=args.refine).summary(args.runners_up))
+
+
+def _cmd_export(args: argparse.Namespace) -> None:
+    from mooframe.result import ParetoSetResult
+    from mooframe.selection import parse_vector
+
+    result = ParetoSetResult.load(args.run_dir, device=args.device)
+    if args.select is not None:
+        target = result.select(args.select, n=args.n, refine=args.refine)
+        print(target.summary(args.runners_up))
+        pref = target.pref
+    else:
+        target = pref = parse_vector(args.pref)
+    path = result.export(args.out, target, force=args.force)
+    print(f"exported the model at preference {','.join(f'{v:.6g}' for v in pref)} to {path}")
+
+
+def _add_selection_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--n", type=int, default=11, help="grid points per simplex edge to evaluate (default 11)")
+    parser.add_argument(
+        "--refine",
+        type=int,
+        default=1,
+        metavar="K",
+        help="then evaluate K-1 more preferences between the choice and each grid neighbour and choose again",
+    )
+    parser.add_argument("--runners-up", type=int, default=3, help="how many runners-up to print")
+    parser.add_argument("--device", default="cpu")
+
+
 def _cmd_list(args: argparse.Namespace) -> None:
     from mooframe.registry import registered
 
@@ -77,6 +112,24 @@ def build_parser() -> argparse.ArgumentParser:
     solve.add_argument("--out", required=True, help="run directory to write")
     solve.add_argument("--quiet", action="store_true", help="no progress bar")
     solve.set_defaults(run=_cmd_solve)
+
+    select = commands.add_parser("select", help="choose a preference from a run's evaluated front by a rule")
+    select.add_argument("run_dir", metavar="RUN", help="run directory written by `mooframe solve`")
+    select.add_argument(
+        "rule", help="e.g. 'max accuracy[a] subject to accuracy[b] >= 0.8', 'knee', 'ideal', 'pref 0.3,0.7'"
+    )
+    _add_selection_options(select)
+    select.set_defaults(run=_cmd_select)
+
+    export = commands.add_parser("export", help="write the model at a preference as its family's checkpoint")
+    export.add_argument("run_dir", metavar="RUN", help="run directory written by `mooframe solve`")
+    target = export.add_mutually_exclusive_group(required=True)
+    target.add_argument("--pref", help="preference, comma-separated, e.g. 0.3,0.7")
+    target.add_argument("--select", metavar="RULE", help="choose the preference by a rule (see `mooframe select`)")
+    export.add_argument("--out", required=True, help="directory to write (must not exist unless --force)")
+    export.add_argument("--force", action="store_true", help="replace an existing export at --out")
+    _add_selection_options(export)
+    export.set_defaults(run=_cmd_export)
 
     listing = commands.add_parser("list", help="print the registered problems, models and solvers")
     listing.set_defaults(run=_cmd_list)

@@ -10,7 +10,7 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -22,6 +22,9 @@ from mooframe.pareto_set import ParetoSetModel
 from mooframe.preferences import PreferenceLike, check_preference, uniform_grid
 from mooframe.problem import Problem
 from mooframe.solver import Solver
+
+if TYPE_CHECKING:
+    from mooframe.selection import Rule, Selection
 
 FORMAT = "mooframe-run/1"
 CONFIG_FILE, MODEL_FILE, HISTORY_FILE = "config.json", "model.safetensors", "history.safetensors"
@@ -67,6 +70,8 @@ class ParetoSetResult:
         self.solver = solver
         self.settings = settings or {}
         self.history = history or {}
+        #: the run directory this result was loaded from (recorded in exported model cards).
+        self.source: Path | None = None
 
     @property
     def n_objectives(self) -> int:
@@ -82,7 +87,8 @@ class ParetoSetResult:
     ) -> Front:
         """Evaluate the set at `prefs`, or at the uniform grid with `n` points per simplex edge."""
         grid = uniform_grid(self.n_objectives, n) if prefs is None else np.asarray(prefs, dtype=float)
-        grid = np.stack([check_preference(p, self.n_objectives).double().numpy() for p in grid])
+        for pref in grid:
+            check_preference(pref, self.n_objectives)  # keeps the float64 grid: no rounding through float32
         objectives, metrics = [], {}
         for pref in tqdm(grid, desc="front", disable=not progress):
             evaluation = self.problem.evaluate(self.model_at(pref))
@@ -154,7 +160,58 @@ class ParetoSetResult:
         model.load_trainable_state(_read_safetensors(directory / MODEL_FILE))
         solver = build_solver(config["solver"]["name"], **config["solver"]["kwargs"])
         history = {k: v.numpy() for k, v in _read_safetensors(directory / HISTORY_FILE).items()}
-        return cls(problem, model, solver, settings=config.get("settings", {}), history=history)
+        result = cls(problem, model, solver, settings=config.get("settings", {}), history=history)
+        result.source = directory
+        return result
+
+    def select(self, rule: str | Rule, front: Front | None = None, n: int = 11, refine: int = 1) -> Selection:
+        """Choose a preference by `rule` (see `mooframe.selection`) on `front`, or on the grid `front(n=n)`.
+
+        `pref ...` rules evaluate that preference alone. With `refine=k > 1` the choice is refined: k - 1 more
+        preferences are evaluated on each segment from it to its evaluated neighbours, and the rule is applied again.
+        """
+        from mooframe.selection import concat_fronts, local_refinement, parse_rule, select
+
+        if refine < 1:
+            raise ValueError(f"refine must be >= 1 (1: no refinement), got {refine}")
+        rule = parse_rule(rule) if isinstance(rule, str) else rule
+        if rule.kind == "pref":
+            return select(self.front([rule.point]), rule)
+        front = self.front(n=n) if front is None else front
+        selection = select(front, rule)
+        if refine > 1:
+            selection = select(concat_fronts(front, self.front(local_refinement(front, selection.index, refine))), rule)
+        return selection
+
+    def export(
+        self, path: str | Path, pref: PreferenceLike | Selection, force: bool = False, evaluate: bool = True
+    ) -> Path:
+        """Write the model at `pref` (or at a `Selection`'s choice) to `path` as its family's checkpoint + card.
+
+        See `mooframe.export` for the formats. The card records the preference, the per-task objectives and metrics
+        at it (taken from the selection, or measured now unless `evaluate=False`), the method, solver and source run.
+        Refuses to replace an existing `path` unless `force`.
+        """
+        from mooframe.export import export_solution
+        from mooframe.selection import Selection
+
+        measured = (pref.objectives, pref.metrics) if isinstance(pref, Selection) else None
+        pref = pref.pref if isinstance(pref, Selection) else pref
+        check_preference(pref, self.n_objectives)
+        solution = self.model_at(pref)
+        if measured is None and evaluate:
+            evaluation = self.problem.evaluate(solution)
+            measured = (evaluation.objectives, evaluation.metrics)
+        names = list(self.problem.objective_names)
+        card = {
+            "preference": _by_task(names, pref),
+            "objectives": None if measured is None else _by_task(names, measured[0]),
+            "metrics": {} if measured is None else {m: _by_task(names, v) for m, v in measured[1].items()},
+            "method": self.model.spec() or {"name": type(self.model).__name__},
+            "solver": self.solver.spec() or {"name": type(self.solver).__name__},
+            "source_run": None if self.source is None else str(self.source.resolve()),
+        }
+        return export_solution(solution, path, card, force=force)
 
 
 def _replace_directory(staging: Path, directory: Path) -> None:
@@ -167,6 +224,10 @@ def _replace_directory(staging: Path, directory: Path) -> None:
         shutil.rmtree(backup, ignore_errors=True)
     else:
         os.replace(staging, directory)
+
+
+def _by_task(names: list[str], values: PreferenceLike) -> dict[str, float]:
+    return dict(zip(names, np.asarray(values, dtype=float).flatten().tolist(), strict=True))
 
 
 def _read_json(path: Path) -> dict[str, Any]:

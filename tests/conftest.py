@@ -29,6 +29,8 @@ def tiny_merging_problem() -> MergingProblem:
         experts.append(expert)
     generator = torch.Generator().manual_seed(3)
     heads = [nn.Linear(8, 3) for _ in range(2)]
-    data = [TensorDataset(torch.randn(40, 6, generator=generator), torch.randint(0, 3, (40,), generator=generator))
-            for _ in range(2)]
+    data = [
+        TensorDataset(torch.randn(40, 6, generator=generator), torch.randint(0, 3, (40,), generator=generator))
+        for _ in range(2)
+    ]
     return MergingProblem(pretrained, experts, heads, data, task_names=["a", "b"], batch_size=8)

@@ -16,8 +16,13 @@ def test_expert_with_a_mismatched_shape_is_named(tiny_merging_problem):
     bad = {k: v.clone() for k, v in problem.pretrained_state().items()}
     bad["2.weight"] = torch.zeros(8, 9)
     with pytest.raises(ValueError, match=r"task 'b'.*'2.weight'.*\(8, 9\)"):
-        MergingProblem(problem.pretrained, [problem.expert_states[0], bad], problem.heads, problem.train_data,
-                       task_names=["a", "b"])
+        MergingProblem(
+            problem.pretrained,
+            [problem.expert_states[0], bad],
+            problem.heads,
+            problem.train_data,
+            task_names=["a", "b"],
+        )
     missing = {k: v for k, v in problem.pretrained_state().items() if k != "0.bias"}
     with pytest.raises(ValueError, match="no parameter '0.bias'"):
         MergingProblem(problem.pretrained, [missing, missing], problem.heads, problem.train_data)
