@@ -57,6 +57,10 @@ class ParetoSetModel(nn.Module, ABC):
             solution = self(pref.to(self.device))
         return solution.detach() if isinstance(solution, torch.Tensor) else solution
 
+    def training_preference(self, sampled: torch.Tensor, step: int) -> torch.Tensor:
+        """The preference trained at `step`: the sampled one, unless the model trains fixed rays (per_ray)."""
+        return sampled
+
     def trainable_parameters(self) -> list[nn.Parameter]:
         """The parameters the solver updates (all with requires_grad by default)."""
         return [p for p in self.parameters() if p.requires_grad]

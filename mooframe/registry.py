@@ -23,6 +23,10 @@ PROBLEMS: dict[str, str] = {
 
 MODELS: dict[str, str] = {
     "hypernet": "mooframe.models.hypernetwork:HypernetworkPSL",
+    "pwe_moe": "mooframe.models.pwe_moe:PWEMoE",
+    "task_arithmetic": "mooframe.models.task_arithmetic:PreferenceTaskArithmetic",
+    "ties": "mooframe.models.task_arithmetic:PreferenceTIES",
+    "per_ray": "mooframe.models.per_ray:PerRayModels",
     "pareto_merging": "mooframe.models.pareto_merging:ParetoMerging",
 }
 

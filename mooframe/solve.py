@@ -83,7 +83,7 @@ def solve(
     start = time.perf_counter()
     bar = tqdm(range(steps), desc="solve", disable=not progress, dynamic_ncols=True)
     for step in bar:
-        pref = sample_preferences(n_objectives, pref_rng, alpha).to(device)
+        pref = model.training_preference(sample_preferences(n_objectives, pref_rng, alpha).to(device), step)
         solution = model(pref)
         losses = problem.losses(solution, next(batches))
         _check_finite(losses, step, problem)
@@ -118,6 +118,8 @@ def _backward(
         weights = solver.weights(losses.detach(), pref).detach()
         (weights @ losses).backward()
         return weights
+    # Parameters no loss depends on keep .grad None, as in the summed backward, so that momentum leaves them be.
+    params = parameters_reached(losses, params)
     grads = per_task_gradients(losses, params)
     weights = solver.weights(losses.detach(), pref, gram=grads @ grads.T).detach().to(grads)
     assign_flat_gradient(params, weights @ grads)
@@ -135,6 +137,20 @@ def per_task_gradients(losses: torch.Tensor, params: list[torch.nn.Parameter]) -
             )
         )
     return torch.stack(rows)
+
+
+def parameters_reached(output: torch.Tensor, params: list[torch.nn.Parameter]) -> list[torch.nn.Parameter]:
+    """The entries of `params` that `output` depends on, found by walking its autograd graph (no computation)."""
+    leaves, seen, stack = set(), set(), [output.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        if hasattr(node, "variable"):
+            leaves.add(id(node.variable))
+        stack.extend(child for child, _ in node.next_functions)
+    return [p for p in params if id(p) in leaves]
 
 
 def assign_flat_gradient(params: list[torch.nn.Parameter], flat: torch.Tensor) -> None:

@@ -1,0 +1,111 @@
+"""Shared machinery of merging Pareto set models: merged parameters per preference, functional forward, unloading."""
+
+from __future__ import annotations
+
+import copy
+from abc import abstractmethod
+from collections.abc import Iterator, Mapping
+
+import torch
+from torch import nn
+
+from mooframe.merging import add_weighted, stack_task_vectors, task_arithmetic, task_vectors
+from mooframe.pareto_set import FunctionalModel, ParetoSetModel
+from mooframe.preferences import PreferenceLike, check_preference
+from mooframe.problem import MergingProblem, Problem
+
+VECTOR_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def require_merging_problem(problem: Problem, model: str) -> MergingProblem:
+    """`problem` itself if it is a MergingProblem; otherwise a ValueError saying that `model` needs one."""
+    if not isinstance(problem, MergingProblem):
+        raise ValueError(f"{model} merges fine-tuned experts and needs a MergingProblem, got {type(problem).__name__}")
+    return problem
+
+
+class TensorDict(nn.Module):
+    """Named tensors (names may contain dots) held as non-persistent buffers, so that `.to()` moves them."""
+
+    def __init__(self, tensors: Mapping[str, torch.Tensor]) -> None:
+        super().__init__()
+        self._index = {name: i for i, name in enumerate(tensors)}
+        for i, tensor in enumerate(tensors.values()):
+            self.register_buffer(f"t{i}", tensor, persistent=False)
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return getattr(self, f"t{self._index[name]}")
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def keys(self) -> Iterator[str]:
+        return iter(self._index)
+
+    def items(self) -> Iterator[tuple[str, torch.Tensor]]:
+        return ((name, self[name]) for name in self._index)
+
+
+class MergingModel(ParetoSetModel):
+    """A Pareto set model whose solution for r is the problem's backbone run with merged parameters theta(r).
+
+    `forward(r)` returns a `FunctionalModel` (no weights are copied into the module, gradients reach whatever
+    produced theta(r)); `materialize(r)` writes theta(r) into a copy of the backbone: a plain module of the base
+    architecture, with the same parameter names and count, and nothing of the merging machinery left.
+    """
+
+    def __init__(self, problem: Problem) -> None:
+        super().__init__(require_merging_problem(problem, type(self).__name__))
+        self.backbone = problem.pretrained
+
+    @abstractmethod
+    def merged_parameters(self, pref: torch.Tensor) -> dict[str, torch.Tensor]:
+        """theta(r): every parameter of the backbone by name."""
+
+    def forward(self, pref: torch.Tensor) -> FunctionalModel:
+        return FunctionalModel(self.backbone, self.merged_parameters(pref))
+
+    def materialize(self, pref: PreferenceLike) -> nn.Module:
+        pref = check_preference(pref, self.n_objectives).to(self.device)
+        with torch.no_grad():
+            params = self.merged_parameters(pref)
+            module = copy.deepcopy(self.backbone)
+            for name, parameter in module.named_parameters():
+                parameter.copy_(params[name])
+        return module
+
+
+class LinearMergingModel(MergingModel):
+    """theta(r) = theta_0 + sum_t c_g(r)_t tau_t for the parameters of each group g; the rest merged once.
+
+    Subclasses say which parameters are merged per preference (`groups`: parameter name -> group name) and give
+    each group's coefficients c_g(r) in `coefficients`. The remaining parameters are merged once by task
+    arithmetic, psi = psi_0 + lambda sum_t tau_t. The task-vector dictionary of the grouped parameters can be
+    kept in bfloat16 to halve its memory (merging still computes in the backbone's dtype).
+    """
+
+    def __init__(
+        self, problem: Problem, groups: Mapping[str, str], scaling: float, task_vector_dtype: str = "float32"
+    ) -> None:
+        super().__init__(problem)
+        if task_vector_dtype not in VECTOR_DTYPES:
+            raise ValueError(f"unknown task_vector_dtype {task_vector_dtype!r}; pass one of {', '.join(VECTOR_DTYPES)}")
+        theta_0 = problem.pretrained_state()
+        taus = task_vectors(theta_0, problem.expert_states)
+        rest = [name for name in theta_0 if name not in groups]
+        self.groups = dict(groups)
+        self.base = TensorDict({name: theta_0[name] for name in self.groups})
+        self.vectors = TensorDict(stack_task_vectors(taus, list(self.groups), VECTOR_DTYPES[task_vector_dtype]))
+        fixed = task_arithmetic({n: theta_0[n] for n in rest}, [{n: tau[n] for n in rest} for tau in taus], scaling)
+        self.fixed = TensorDict(fixed)
+
+    @abstractmethod
+    def coefficients(self, pref: torch.Tensor) -> dict[str, torch.Tensor]:
+        """c_g(r), shape (T,), for each group g."""
+
+    def merged_parameters(self, pref: torch.Tensor) -> dict[str, torch.Tensor]:
+        coefficients = self.coefficients(pref)
+        merged = dict(self.fixed.items())
+        for name, group in self.groups.items():
+            merged[name] = add_weighted(self.base[name], self.vectors[name], coefficients[group])
+        return merged

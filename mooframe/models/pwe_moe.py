@@ -1,0 +1,95 @@
+"""PWE-MoE (Tang et al., "Towards Efficient Pareto Set Approximation via Mixture of Experts Based Model Fusion")."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from mooframe.models.merging import LinearMergingModel, require_merging_problem
+from mooframe.problem import MergingProblem, Problem
+
+
+class PWEMoE(LinearMergingModel):
+    """Pareto weight-ensembling MoE: preference-routed task arithmetic in the up-scaled modules.
+
+    Each up-scaled module m gets a router R_m(r) = W2 relu(W1 r + b1) + b2 (hidden size 2T; W ~ N(0, 0.01),
+    b1 = 0, b2 = lambda) and merged parameters phi_m(r) = phi_0 + sum_t R_m(r)_t tau_t. Everything else is
+    merged once by task arithmetic, psi = psi_0 + lambda sum_t tau_t. Only the routers are trained
+    (4T^2 + 3T parameters each). At initialization every module is plain task arithmetic with lambda.
+
+    Args:
+        problem: a `MergingProblem`.
+        upscale: a preset name from `problem.upscale_presets` (e.g. "mlp", "attention_mlp"), or a list of
+            regular expressions matched in full against the backbone's module names.
+        scaling: lambda, the task-arithmetic coefficient of the fixed part and the routers' initial output.
+        task_vector_dtype: "float32", or "bfloat16" to halve the memory of the up-scaled task vectors.
+    """
+
+    def __init__(
+        self,
+        problem: Problem,
+        upscale: str | Sequence[str] = "mlp",
+        scaling: float = 0.3,
+        task_vector_dtype: str = "float32",
+    ) -> None:
+        modules = upscaled_modules(require_merging_problem(problem, "PWEMoE"), upscale)
+        groups = {param: module for module, params in modules.items() for param in params}
+        super().__init__(problem, groups, scaling, task_vector_dtype)
+        self.upscale = upscale if isinstance(upscale, str) else list(upscale)
+        self.scaling, self.task_vector_dtype = scaling, task_vector_dtype
+        self.module_names = list(modules)
+        self.routers = nn.ModuleList(router(self.n_objectives, scaling) for _ in self.module_names)
+
+    def coefficients(self, pref: torch.Tensor) -> dict[str, torch.Tensor]:
+        pref = pref.to(self.routers[0][0].weight)
+        return {name: route(pref) for name, route in zip(self.module_names, self.routers, strict=True)}
+
+
+def router(n_tasks: int, scaling: float) -> nn.Sequential:
+    """R(r) = W2 relu(W1 r + b1) + b2 with hidden size 2T, W1, W2 ~ N(0, 0.01), b1 = 0, b2 = lambda."""
+    layers = nn.Sequential(nn.Linear(n_tasks, 2 * n_tasks), nn.ReLU(), nn.Linear(2 * n_tasks, n_tasks))
+    for linear in (layers[0], layers[2]):
+        nn.init.normal_(linear.weight, std=0.01)
+    nn.init.zeros_(layers[0].bias)
+    nn.init.constant_(layers[2].bias, scaling)
+    return layers
+
+
+def upscaled_modules(problem: MergingProblem, upscale: str | Sequence[str]) -> dict[str, list[str]]:
+    """The backbone's modules whose names fully match one of the patterns, with their parameter names.
+
+    `upscale` is a preset name of `problem.upscale_presets` or a list of regular expressions. A module inside
+    an already selected one is not selected again.
+    """
+    if isinstance(upscale, str):
+        if upscale not in problem.upscale_presets:
+            known = ", ".join(problem.upscale_presets) or "none"
+            raise ValueError(
+                f"unknown up-scaling preset {upscale!r} (this problem's presets: {known}); "
+                "pass a preset name or a list of module-name regular expressions"
+            )
+        upscale = problem.upscale_presets[upscale]
+    try:
+        patterns = [re.compile(pattern) for pattern in upscale]
+    except re.error as error:
+        raise ValueError(f"invalid module-name pattern in {list(upscale)}: {error}") from error
+    selected: dict[str, list[str]] = {}
+    claimed: set[str] = set()
+    for name, module in problem.pretrained.named_modules():
+        if not any(p.fullmatch(name) for p in patterns):
+            continue
+        params = [f"{name}.{p}" if name else p for p, _ in module.named_parameters()]
+        params = [p for p in params if p not in claimed]
+        if params:
+            selected[name] = params
+            claimed.update(params)
+    if not selected:
+        examples = [name for name, _ in problem.pretrained.named_modules() if name][:8]
+        raise ValueError(
+            f"the up-scaling patterns {list(upscale)} match no module with parameters; "
+            f"module names look like {examples}"
+        )
+    return selected
