@@ -3,7 +3,6 @@ ICML 2025, arXiv 2408.12105): a preference-independent base merge plus a prefere
 
 from __future__ import annotations
 
-import copy
 import re
 from collections.abc import Sequence
 
@@ -11,8 +10,7 @@ import torch
 from torch import nn
 
 from mooframe.merging import add_weighted, stack_task_vectors, task_arithmetic, task_vectors, ties_merging
-from mooframe.pareto_set import FunctionalModel, ParetoSetModel
-from mooframe.preferences import PreferenceLike
+from mooframe.models.merging import MergingModel, TensorDict
 from mooframe.problem import MergingProblem
 
 BASES = ("task_arithmetic", "ties", "adamerging")
@@ -40,7 +38,7 @@ class LowRankPreferenceTensor(nn.Module):
         return self.rows @ core @ self.cols.T
 
 
-class ParetoMerging(ParetoSetModel):
+class ParetoMerging(MergingModel):
     """theta(r) = theta_base + [G x1 A1 x2 A2 x3 A3^T r per selected weight matrix] (Chen & Kwok, ICML 2025).
 
     The base theta_base is one preference-independent merge of the experts: task arithmetic
@@ -73,8 +71,6 @@ class ParetoMerging(ParetoSetModel):
         layers: str | Sequence[str] = "all",
     ) -> None:
         super().__init__(problem)
-        if not isinstance(problem, MergingProblem):
-            raise ValueError(f"pareto_merging needs a MergingProblem (pretrained model and experts), got {problem!r}")
         if base not in BASES:
             raise ValueError(f"unknown base merge {base!r}; known: {', '.join(BASES)}")
         if rank < 0 or (pref_rank is not None and pref_rank < 1):
@@ -83,56 +79,38 @@ class ParetoMerging(ParetoSetModel):
             )
         self.base, self.scaling, self.top_k, self.rank, self.pref_rank = base, scaling, top_k, rank, pref_rank
         self.layers = layers if isinstance(layers, str) else list(layers)
-        self.backbone = problem.pretrained
-        self.names = [name for name, _ in problem.pretrained.named_parameters()]
-        pretrained = problem.pretrained_state()
-        vectors = task_vectors(pretrained, problem.expert_states)
+        theta_0 = problem.pretrained_state()
+        taus = task_vectors(theta_0, problem.expert_states)
         if base == "adamerging":
-            stacked = stack_task_vectors(vectors, self.names)
-            for i, name in enumerate(self.names):
-                self.register_buffer(f"pretrained_{i}", pretrained[name], persistent=False)
-                self.register_buffer(f"vectors_{i}", stacked[name], persistent=False)
-            self.coefficients = nn.Parameter(torch.full((len(self.names), self.n_objectives), float(scaling)))
+            self.theta_0 = TensorDict(theta_0)
+            self.vectors = TensorDict(stack_task_vectors(taus))
+            self.coefficients = nn.Parameter(torch.full((len(theta_0), self.n_objectives), float(scaling)))
+        elif base == "task_arithmetic":
+            self.merged = TensorDict(task_arithmetic(theta_0, taus, scaling))
         else:
-            merged = (
-                task_arithmetic(pretrained, vectors, scaling)
-                if base == "task_arithmetic"
-                else ties_merging(pretrained, vectors, scaling, top_k)
-            )
-            for i, name in enumerate(self.names):
-                self.register_buffer(f"base_{i}", merged[name], persistent=False)
+            self.merged = TensorDict(ties_merging(theta_0, taus, scaling, top_k))
         self.adapted = selected_linear_weights(problem.pretrained, _layer_patterns(problem, layers)) if rank else []
         if rank and not self.adapted:
             raise ValueError(f"layers={layers!r} selects no nn.Linear layer of {type(problem.pretrained).__name__}")
-        shapes = {name: tuple(p.shape) for name, p in problem.pretrained.named_parameters()}
         s = pref_rank or self.n_objectives
         self.tensors = nn.ModuleList(
-            LowRankPreferenceTensor(shapes[name], self.n_objectives, rank, s) for name in self.adapted
-        ).to(next(iter(pretrained.values())))
+            LowRankPreferenceTensor(tuple(theta_0[name].shape), self.n_objectives, rank, s) for name in self.adapted
+        ).to(next(iter(theta_0.values())))
 
     def base_parameters(self) -> dict[str, torch.Tensor]:
         """theta_base by name: the preference-independent merge (differentiable in the AdaMerging coefficients)."""
         if self.base != "adamerging":
-            return {name: getattr(self, f"base_{i}") for i, name in enumerate(self.names)}
+            return dict(self.merged.items())
         return {
-            name: add_weighted(getattr(self, f"pretrained_{i}"), getattr(self, f"vectors_{i}"), self.coefficients[i])
-            for i, name in enumerate(self.names)
+            name: add_weighted(value, self.vectors[name], self.coefficients[i])
+            for i, (name, value) in enumerate(self.theta_0.items())
         }
 
-    def forward(self, pref: torch.Tensor) -> FunctionalModel:
+    def merged_parameters(self, pref: torch.Tensor) -> dict[str, torch.Tensor]:
         params = self.base_parameters()
         for name, tensor in zip(self.adapted, self.tensors, strict=True):
             params[name] = params[name] + tensor(pref.to(params[name]))
-        return FunctionalModel(self.backbone, params)
-
-    def materialize(self, pref: PreferenceLike) -> nn.Module:
-        """A plain copy of the base architecture holding theta(pref): no low-rank tensor remains."""
-        solution = super().materialize(pref)
-        module = copy.deepcopy(self.backbone)
-        with torch.no_grad():
-            for name, param in module.named_parameters():
-                param.copy_(solution.params[name])
-        return module
+        return params
 
 
 def selected_linear_weights(backbone: nn.Module, patterns: Sequence[str] | None) -> list[str]:
