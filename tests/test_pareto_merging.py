@@ -137,10 +137,14 @@ def test_bad_options_say_what_to_pass(tiny_merging_problem):
     problem = tiny_merging_problem
     with pytest.raises(ValueError, match="unknown base merge 'dare'; known: task_arithmetic, ties, adamerging"):
         ParetoMerging(problem, base="dare")
-    with pytest.raises(ValueError, match="unknown layers preset 'mlp'; known: all"):
+    with pytest.raises(ValueError, match="unknown up-scaling preset 'mlp'"):
         ParetoMerging(problem, layers="mlp")
-    with pytest.raises(ValueError, match="selects no nn.Linear"):
+    with pytest.raises(ValueError, match="match no module"):
         ParetoMerging(problem, layers=["nothing"])
+    normed = nn.Sequential(nn.Linear(6, 8), nn.LayerNorm(8))
+    normed_problem = MergingProblem(normed, [normed.state_dict()] * 2, problem.heads, problem.train_data)
+    with pytest.raises(ValueError, match="selects no nn.Linear"):
+        ParetoMerging(normed_problem, layers=["1"])  # the LayerNorm: parameters, but no linear weight
     with pytest.raises(ValueError, match="rank must be >= 0"):
         ParetoMerging(problem, rank=-1)
     with pytest.raises(ValueError, match="needs a MergingProblem"):

@@ -3,7 +3,6 @@ ICML 2025, arXiv 2408.12105): a preference-independent base merge plus a prefere
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 
 import torch
@@ -11,6 +10,7 @@ from torch import nn
 
 from mooframe.merging import add_weighted, stack_task_vectors, task_arithmetic, task_vectors, ties_merging
 from mooframe.models.merging import MergingModel, TensorDict
+from mooframe.models.pwe_moe import upscaled_modules
 from mooframe.problem import MergingProblem
 
 BASES = ("task_arithmetic", "ties", "adamerging")
@@ -55,9 +55,9 @@ class ParetoMerging(MergingModel):
         rank: p = q, the ranks of the weight's two dimensions (capped by the dimension); 0 keeps the base merge
             alone (the baselines: task arithmetic, TIES, or AdaMerging with its coefficients trained).
         pref_rank: s, the rank of the preference dimension (default T).
-        layers: which `nn.Linear` weights get a low-rank tensor: "all", a preset name of the problem's
-            `upscale_presets` (e.g. "mlp"), or a list of regular expressions matched in full against module names
-            (a linear layer is selected when it or one of its parent modules matches).
+        layers: which `nn.Linear` weights get a low-rank tensor: "all", or those inside the modules a preset name
+            of the problem's `upscale_presets` (e.g. "mlp") or a list of regular expressions (matched in full
+            against module names) selects.
     """
 
     def __init__(
@@ -89,7 +89,7 @@ class ParetoMerging(MergingModel):
             self.merged = TensorDict(task_arithmetic(theta_0, taus, scaling))
         else:
             self.merged = TensorDict(ties_merging(theta_0, taus, scaling, top_k))
-        self.adapted = selected_linear_weights(problem.pretrained, _layer_patterns(problem, layers)) if rank else []
+        self.adapted = adapted_weights(problem, layers) if rank else []
         if rank and not self.adapted:
             raise ValueError(f"layers={layers!r} selects no nn.Linear layer of {type(problem.pretrained).__name__}")
         s = pref_rank or self.n_objectives
@@ -113,26 +113,13 @@ class ParetoMerging(MergingModel):
         return params
 
 
-def selected_linear_weights(backbone: nn.Module, patterns: Sequence[str] | None) -> list[str]:
-    """Names of the weights of the `nn.Linear` modules in `backbone` that match (or whose parents match) a pattern;
-    all of them when `patterns` is None."""
-    compiled = [re.compile(p) for p in patterns or []]
-    names = []
-    for module_name, module in backbone.named_modules():
-        if not isinstance(module, nn.Linear):
-            continue
-        prefixes = [".".join(module_name.split(".")[:k]) for k in range(1, module_name.count(".") + 2)]
-        if patterns is None or any(c.fullmatch(prefix) for c in compiled for prefix in prefixes):
-            names.append(f"{module_name}.weight")
-    return names
-
-
-def _layer_patterns(problem: MergingProblem, layers: str | Sequence[str]) -> list[str] | None:
-    if not isinstance(layers, str):
-        return list(layers)
+def adapted_weights(problem: MergingProblem, layers: str | Sequence[str]) -> list[str]:
+    """Names of the weights of the backbone's `nn.Linear` modules: all of them for "all", else those inside the
+    modules `layers` selects (a preset name or regular expressions, as PWE-MoE's `upscale`)."""
+    linear = [
+        f"{n}.weight" if n else "weight" for n, m in problem.pretrained.named_modules() if isinstance(m, nn.Linear)
+    ]
     if layers == "all":
-        return None
-    if layers not in problem.upscale_presets:
-        known = ", ".join(["all", *problem.upscale_presets])
-        raise ValueError(f"unknown layers preset {layers!r}; known: {known}, or pass a list of regular expressions")
-    return problem.upscale_presets[layers]
+        return linear
+    selected = {param for params in upscaled_modules(problem, layers).values() for param in params}
+    return [name for name in linear if name in selected]
