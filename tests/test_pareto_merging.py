@@ -16,7 +16,7 @@ from mooframe.problem import MergingProblem
 
 
 def _randomize(model: ParetoMerging, seed: int = 0) -> None:
-    """Give every core a non-zero value, so the preference-dependent part is not the identity."""
+    """Give every core a non-zero value, so that the preference-dependent part is not zero."""
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for tensor in model.tensors:
@@ -62,6 +62,31 @@ def test_unload_invariance_and_a_plain_materialized_module(tiny_merging_problem)
         torch.testing.assert_close(plain(inputs), structured(inputs), atol=1e-5, rtol=0)
         delta = structured.params["2.weight"] - model.base_parameters()["2.weight"]
         assert delta.abs().max() > 1e-3  # the preference-dependent part is really there
+
+
+def test_unload_invariance_on_a_tiny_clip_vision_tower():
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+
+    from mooframe.adapters.hf_clip import HFCLIPVisionBackbone
+
+    torch.manual_seed(0)
+    config = CLIPVisionConfig(
+        image_size=8, patch_size=4, num_channels=1, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+        num_attention_heads=2,
+    )  # fmt: skip
+    backbone = HFCLIPVisionBackbone(CLIPVisionModel(config))
+    experts = [{n: p + 0.05 * torch.randn_like(p) for n, p in backbone.named_parameters()} for _ in range(3)]
+    images = torch.randn(5, 1, 8, 8)
+    data = [TensorDataset(images, torch.zeros(5, dtype=torch.long))] * 3
+    problem = MergingProblem(backbone, experts, [nn.Linear(16, 2) for _ in range(3)], data)
+    model = ParetoMerging(problem, base="adamerging", rank=4)
+    assert len(model.adapted) == 2 * 6  # q, k, v, out, fc1, fc2 per block
+    _randomize(model)
+    pref = torch.tensor([0.2, 0.3, 0.5])
+    plain = model.materialize(pref)
+    assert type(plain) is HFCLIPVisionBackbone and type(plain.model) is CLIPVisionModel
+    assert sum(p.numel() for p in plain.parameters()) == sum(p.numel() for p in backbone.parameters())
+    torch.testing.assert_close(plain(images), model(pref)(images), atol=1e-5, rtol=0)
 
 
 def test_only_the_low_rank_tensors_and_adamerging_coefficients_train(tiny_merging_problem):
