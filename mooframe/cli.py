@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 USAGE_ERRORS = (ValueError, FileNotFoundError, KeyError)
@@ -83,6 +84,31 @@ def _add_selection_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu")
 
 
+def _cmd_evaluate(args: argparse.Namespace) -> None:
+    from mooframe.report import compare_fronts, evaluation_preferences, write_report
+    from mooframe.result import ParetoSetResult
+
+    paths = [Path(run) for run in args.runs]
+    if len(set(paths)) != len(paths):
+        raise ValueError(f"a run is given twice in {args.runs}; pass each run directory once")
+    # label runs by folder name where those are unique, else by the path given
+    labels = [p.name for p in paths] if len({p.name for p in paths}) == len(paths) else [str(p) for p in paths]
+    results = {label: ParetoSetResult.load(path) for label, path in zip(labels, paths, strict=True)}
+    problems = {label: result.problem.spec() for label, result in results.items()}
+    first = labels[0]
+    for label, spec in problems.items():
+        if spec != problems[first]:
+            raise ValueError(f"runs solve different problems: {first} has {problems[first]}, {label} has {spec}")
+    problem = results[first].problem
+    prefs = evaluation_preferences(problem.n_objectives, args.n)
+    fronts = {label: result.front(prefs, progress=not args.quiet) for label, result in results.items()}
+    true_front = problem.true_front()
+    comparison = compare_fronts(fronts, true_front=true_front, ref=args.ref)
+    print(comparison.text())
+    write_report(comparison, fronts, args.out, true_front=true_front, title=problem.registry_name or "runs")
+    print(f"\nwrote report.md, report.json, fronts.png and one front.csv per run to {args.out}")
+
+
 def _cmd_list(args: argparse.Namespace) -> None:
     from mooframe.registry import registered
 
@@ -130,6 +156,16 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--force", action="store_true", help="replace an existing export at --out")
     _add_selection_options(export)
     export.set_defaults(run=_cmd_export)
+
+    evaluate = commands.add_parser("evaluate", help="compare saved runs: HV / IGD table, report files and a plot")
+    evaluate.add_argument("runs", nargs="+", metavar="RUN", help="run directories written by `mooframe solve`")
+    evaluate.add_argument("--out", default="runs/report", help="directory for the report (default runs/report)")
+    evaluate.add_argument("--n", type=int, default=11, help="preferences per simplex edge of the evaluation grid")
+    evaluate.add_argument(
+        "--ref", type=float, nargs="+", help="hypervolume reference point (default: nadir of all fronts + 10%%)"
+    )
+    evaluate.add_argument("--quiet", action="store_true", help="no progress bar")
+    evaluate.set_defaults(run=_cmd_evaluate)
 
     listing = commands.add_parser("list", help="print the registered problems, models and solvers")
     listing.set_defaults(run=_cmd_list)

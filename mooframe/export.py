@@ -25,7 +25,7 @@ from torch import nn
 
 from mooframe.adapters import Backbone
 from mooframe.pareto_set import FunctionalModel
-from mooframe.result import _replace_directory
+from mooframe.result import replace_directory
 
 CARD_FILE = "mooframe_card.json"
 CARD_FORMAT = "mooframe-export/1"
@@ -52,7 +52,7 @@ def export_solution(solution: Any, path: str | Path, card: dict[str, Any], force
         card = {"format": CARD_FORMAT, "family": family, **card}
         (staging / CARD_FILE).write_text(json.dumps(card, indent=2))
         _share_like_directory(staging)
-        _replace_directory(staging, path)
+        replace_directory(staging, path)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

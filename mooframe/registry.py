@@ -32,6 +32,12 @@ MODELS: dict[str, str] = {
 
 SOLVERS: dict[str, str] = {
     "ls": "mooframe.solvers.ls:LinearScalarization",
+    "epo": "mooframe.solvers.epo:EPO",
+    "mgda": "mooframe.solvers.mgda:MGDA",
+    "tchebycheff": "mooframe.solvers.tchebycheff:Tchebycheff",
+    "smooth_tchebycheff": "mooframe.solvers.smooth_tchebycheff:SmoothTchebycheff",
+    "upgrad": "mooframe.solvers.upgrad:UPGrad",
+    "dualproj": "mooframe.solvers.dualproj:DualProj",
 }
 
 _KINDS = {"problem": PROBLEMS, "model": MODELS, "solver": SOLVERS}

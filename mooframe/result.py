@@ -87,8 +87,8 @@ class ParetoSetResult:
     ) -> Front:
         """Evaluate the set at `prefs`, or at the uniform grid with `n` points per simplex edge."""
         grid = uniform_grid(self.n_objectives, n) if prefs is None else np.asarray(prefs, dtype=float)
-        for pref in grid:
-            check_preference(pref, self.n_objectives)  # keeps the float64 grid: no rounding through float32
+        for pref in grid:  # validate all before evaluating any; keep the float64 values for the front
+            check_preference(pref, self.n_objectives)
         objectives, metrics = [], {}
         for pref in tqdm(grid, desc="front", disable=not progress):
             evaluation = self.problem.evaluate(self.model_at(pref))
@@ -125,7 +125,7 @@ class ParetoSetResult:
             save_file(state, str(staging / MODEL_FILE))
             history = {k: torch.as_tensor(np.asarray(v, dtype=np.float64)) for k, v in self.history.items()}
             save_file(history, str(staging / HISTORY_FILE))
-            _replace_directory(staging, directory)
+            replace_directory(staging, directory)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
@@ -214,7 +214,7 @@ class ParetoSetResult:
         return export_solution(solution, path, card, force=force)
 
 
-def _replace_directory(staging: Path, directory: Path) -> None:
+def replace_directory(staging: Path, directory: Path) -> None:
     """Move `staging` to `directory`, replacing an existing run only once the new one is complete."""
     if directory.exists():
         backup = directory.with_name(f".{directory.name}.old")

@@ -8,11 +8,12 @@ from transformers import CLIPVisionModel
 from mooframe.adapters import Backbone
 
 #: Module-name patterns (regular expressions, matched in full) of the PWE-MoE up-scaling presets.
+#: transformers 5 dropped the `vision_model` level of CLIPVisionModel; 4.x still has it.
 UPSCALE_PRESETS: dict[str, list[str]] = {
-    "mlp": [r"model\.vision_model\.encoder\.layers\.\d+\.mlp"],
+    "mlp": [r"model\.(?:vision_model\.)?encoder\.layers\.\d+\.mlp"],
     "attention_mlp": [
-        r"model\.vision_model\.encoder\.layers\.\d+\.mlp",
-        r"model\.vision_model\.encoder\.layers\.\d+\.self_attn",
+        r"model\.(?:vision_model\.)?encoder\.layers\.\d+\.mlp",
+        r"model\.(?:vision_model\.)?encoder\.layers\.\d+\.self_attn",
     ],
 }
 

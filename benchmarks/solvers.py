@@ -1,0 +1,137 @@
+"""Solver speed and exactness, measured side by side in one run (CPU).
+
+For T in {2, 3, 8}, on random Gram matrices G G^T (gradients of dimension 100):
+- EPO: one weights() call with the LPs compiled once per T vs the same LPs rebuilt (so recompiled by cvxpy)
+  every call, and the HiGHS vs OSQP backends, in both LP modes (balance: losses off the ray; descent: on it);
+  "LP ms" is the time the backend itself reports, the rest of a call is cvxpy's per-call work.
+- MGDA: the exact min-norm solver vs Frank-Wolfe iterations as in Sener & Koltun's MinNormSolver
+  (at most 250 iterations, stop when a step moves the weights by < 1e-5), and Frank-Wolfe's objective gap.
+The timed functions run in turn on each case, so load changes on a shared machine hit them alike.
+
+    PYTHONPATH=. python benchmarks/solvers.py
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from mooframe.solvers.epo import BACKENDS, EPO, _EPOPrograms
+from mooframe.solvers.mgda import min_norm_weights
+
+REPEATS = 200
+
+
+def interleaved_ms(fns: dict[str, Callable], cases: list[tuple]) -> dict[str, float]:
+    """Median wall time of each fn(*case) in milliseconds, the fns taking turns on each case (after a warm-up)."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for fn in fns.values():
+        fn(*cases[0])
+    for case in cases:
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn(*case)
+            times[name].append(time.perf_counter() - start)
+    return {name: 1e3 * float(np.median(values)) for name, values in times.items()}
+
+
+def random_grams(n: int, rng: np.random.Generator, count: int) -> list[np.ndarray]:
+    grads = [rng.normal(size=(n, 100)) * rng.uniform(0.1, 3.0, size=(n, 1)) for _ in range(count)]
+    return [g @ g.T for g in grads]
+
+
+def epo_cases(n: int, rng: np.random.Generator, on_ray: bool, count: int) -> list[tuple]:
+    cases = []
+    for gram in random_grams(n, rng, count):
+        pref = rng.dirichlet(np.ones(n))
+        losses = 1.0 / pref if on_ray else rng.uniform(0.5, 2.0, size=n)
+        cases.append((torch.tensor(losses), torch.tensor(pref), torch.tensor(gram)))
+    return cases
+
+
+class RebuiltEPO(EPO):
+    """EPO whose LPs are built anew every call, so cvxpy compiles them every call (the published code's cost)."""
+
+    def weights(self, losses, pref, gram=None):
+        self._programs = _EPOPrograms(losses.numel(), BACKENDS[self.backend])
+        return super().weights(losses, pref, gram)
+
+
+def backend_ms(backend: str, mode: str, cases: list[tuple]) -> float:
+    """Median solve time the LP backend reports (cvxpy's solver_stats.solve_time), in milliseconds."""
+    solver, times = EPO(backend=backend), []
+    for case in cases:
+        solver.weights(*case)
+        times.append(getattr(solver._programs, f"_{mode}").solver_stats.solve_time)
+    return 1e3 * float(np.median(times))
+
+
+def frank_wolfe(gram: np.ndarray, max_iter: int = 250, stop: float = 1e-5) -> np.ndarray:
+    """Sener & Koltun's MinNormSolver.find_min_norm_element_FW, on the Gram matrix."""
+
+    def line(v1v1: float, v1v2: float, v2v2: float) -> float:
+        if v1v2 >= v1v1:
+            return 0.999
+        if v1v2 >= v2v2:
+            return 0.001
+        return -(v1v2 - v2v2) / (v1v1 + v2v2 - 2 * v1v2)
+
+    n = len(gram)
+    best = (np.inf, 0, 0, 0.0)
+    for i in range(n):
+        for j in range(i + 1, n):
+            gamma = line(gram[i, i], gram[i, j], gram[j, j])
+            cost = gram[j, j] + gamma * (gram[i, j] - gram[j, j])
+            best = min(best, (cost, i, j, gamma))
+    w = np.zeros(n)
+    w[best[1]], w[best[2]] = best[3], 1 - best[3]
+    for _ in range(max_iter if n > 2 else 0):
+        k = int(np.argmin(gram @ w))
+        gamma = line(w @ gram @ w, w @ gram[:, k], gram[k, k])
+        new = gamma * w
+        new[k] += 1 - gamma
+        if np.abs(new - w).sum() < stop:
+            break
+        w = new
+    return w
+
+
+def main() -> None:
+    rng = np.random.default_rng(0)
+    print("EPO, one weights() call: compiled once vs rebuilt every call (HiGHS); OSQP vs HiGHS (compiled once)")
+    print(
+        f"{'T':>3} {'mode':>8} {'highs ms':>9} {'LP ms':>6} {'rebuilt ms':>10} {'rebuilt/once':>12} "
+        f"{'osqp ms':>8} {'LP ms':>6} {'osqp/highs':>10}"
+    )
+    for n in (2, 3, 8):
+        for mode, on_ray in (("balance", False), ("descent", True)):
+            cases = epo_cases(n, rng, on_ray, REPEATS)
+            once = interleaved_ms({"highs": EPO(backend="highs").weights, "osqp": EPO(backend="osqp").weights}, cases)
+            rebuilt = interleaved_ms({"once": EPO().weights, "rebuilt": RebuiltEPO().weights}, cases[:20])
+            lp_highs, lp_osqp = backend_ms("highs", mode, cases), backend_ms("osqp", mode, cases)
+            print(
+                f"{n:>3} {mode:>8} {once['highs']:9.3f} {lp_highs:6.3f} {rebuilt['rebuilt']:10.3f} "
+                f"{rebuilt['rebuilt'] / rebuilt['once']:11.1f}x {once['osqp']:8.3f} {lp_osqp:6.3f} "
+                f"{once['osqp'] / once['highs']:9.2f}x"
+            )
+    print("\nMGDA: exact min-norm (Wolfe) vs Frank-Wolfe (MinNormSolver); FW gap = (f_FW - f*) / f* over the draws")
+    print(f"{'T':>3} {'exact ms':>9} {'FW ms':>8} {'FW/exact':>8} {'FW worst gap':>12} {'FW median gap':>13}")
+    for n in (2, 3, 8):
+        grams = [(gram,) for gram in random_grams(n, rng, REPEATS)]
+        times = interleaved_ms({"exact": min_norm_weights, "fw": frank_wolfe}, grams)
+        gaps = []
+        for (gram,) in grams:
+            w_exact, w_fw = min_norm_weights(gram), frank_wolfe(gram)
+            best = w_exact @ gram @ w_exact
+            gaps.append((w_fw @ gram @ w_fw - best) / best)
+        print(
+            f"{n:>3} {times['exact']:9.3f} {times['fw']:8.3f} {times['fw'] / times['exact']:7.2f}x "
+            f"{max(gaps):12.2e} {np.median(gaps):13.2e}"
+        )
+
+
+if __name__ == "__main__":
+    main()

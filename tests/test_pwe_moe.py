@@ -1,0 +1,258 @@
+"""PWE-MoE and the merging baselines: unloading, router gradients, parameter counts, training through solve()."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from pymoo.indicators.hv import HV
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from mooframe import solve
+from mooframe.merging import task_arithmetic, task_vectors, ties_merging
+from mooframe.models.per_ray import PerRayModels
+from mooframe.models.pwe_moe import PWEMoE
+from mooframe.models.task_arithmetic import PreferenceTaskArithmetic, PreferenceTIES
+from mooframe.pareto_set import FunctionalModel
+from mooframe.problem import MergingProblem
+from mooframe.solvers.ls import LinearScalarization
+
+UPSCALE_ALL = [r"embed", r"layers\.\d+\.mlp"]
+
+
+class _GramLS(LinearScalarization):
+    """LS through the per-task-gradient path (as EPO/MGDA take it): must give exactly the LS update."""
+
+    needs_gram = True
+
+
+class _Block(nn.Module):
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(width, 2 * width), nn.GELU(), nn.Linear(2 * width, width))
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return h + self.mlp(h)
+
+
+class _TinyNet(nn.Module):
+    def __init__(self, width: int = 16, depth: int = 2) -> None:
+        super().__init__()
+        self.embed = nn.Linear(8, width)
+        self.layers = nn.ModuleList(_Block(width) for _ in range(depth))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.embed(x)
+        for layer in self.layers:
+            h = layer(h)
+        return h
+
+
+def conflicting_problem(n_tasks: int = 2, strength: float = 0.5, seed: int = 0) -> MergingProblem:
+    """Experts = pretrained + independent random perturbations; task t's labels are expert t's predictions.
+
+    Each expert is perfect on its own task, and the other experts' task vectors interfere with it.
+    """
+    torch.manual_seed(seed)
+    pretrained = _TinyNet()
+    generator = torch.Generator().manual_seed(seed + 1)
+    experts, heads, train, test = [], [], [], []
+    for _ in range(n_tasks):
+        expert = copy.deepcopy(pretrained)
+        head = nn.Linear(16, 4)
+        with torch.no_grad():
+            for p in expert.parameters():
+                p.add_(strength * p.abs().mean() * torch.randn(p.shape, generator=generator))
+            head.weight.mul_(20)  # confident teacher: cross-entropy is a good proxy of accuracy
+            x = torch.randn(1024, 8, generator=generator)
+            y = head(expert(x)).argmax(-1)
+        experts.append(expert.state_dict())
+        heads.append(head)
+        train.append(TensorDataset(x[:512], y[:512]))
+        test.append(TensorDataset(x[512:], y[512:]))
+    presets = {"mlp": [r"layers\.\d+\.mlp"]}
+    return MergingProblem(pretrained, experts, heads, train, test, batch_size=32, upscale_presets=presets)
+
+
+@pytest.fixture(scope="module")
+def problem() -> MergingProblem:
+    return conflicting_problem()
+
+
+def _count(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda p: PWEMoE(p, upscale="mlp"),
+        lambda p: PWEMoE(p, upscale=UPSCALE_ALL, task_vector_dtype="bfloat16"),
+        lambda p: PreferenceTaskArithmetic(p),
+        lambda p: PreferenceTIES(p, top_k=0.3),
+        lambda p: PerRayModels(p, rays=3),
+    ],
+    ids=["pwe_moe", "pwe_moe_bf16", "task_arithmetic", "ties", "per_ray"],
+)
+def test_materialized_model_equals_the_functional_forward(problem, build):
+    torch.manual_seed(1)
+    model = build(problem)
+    with torch.no_grad():  # move routers away from their initialization so r matters
+        for p in model.trainable_parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    x = problem.test_data[0].tensors[0][:64]
+    for pref in torch.distributions.Dirichlet(torch.ones(2)).sample((3,)):
+        plain = model.materialize(pref)
+        assert type(plain) is type(problem.pretrained) and _count(plain) == _count(problem.pretrained)
+        assert [n for n, _ in plain.named_parameters()] == [n for n, _ in problem.pretrained.named_parameters()]
+        with torch.no_grad():
+            torch.testing.assert_close(plain(x), model(pref)(x), rtol=0, atol=1e-5)
+
+
+def test_baselines_equal_the_merging_functions(problem):
+    theta_0, pref = problem.pretrained_state(), torch.tensor([0.7, 0.3])
+    taus = task_vectors(theta_0, problem.expert_states)
+    merged = PreferenceTaskArithmetic(problem, scaling=0.4).merged_parameters(pref)
+    expected = task_arithmetic(theta_0, taus, 0.4 * 2 * pref)
+    for name in theta_0:
+        torch.testing.assert_close(merged[name], expected[name])
+    merged = PreferenceTIES(problem, scaling=0.4, top_k=0.3).merged_parameters(torch.tensor([0.5, 0.5]))
+    expected = ties_merging(theta_0, taus, scaling=0.4, top_k=0.3)
+    for name in theta_0:
+        torch.testing.assert_close(merged[name], expected[name])
+
+
+def test_pwe_moe_at_initialization_is_task_arithmetic_in_every_module(problem):
+    model = PWEMoE(problem, upscale="mlp", scaling=0.3)
+    for layer in model.routers:
+        nn.init.zeros_(layer[0].weight)  # exactly the b2 = lambda output of the initialization
+    theta_0 = problem.pretrained_state()
+    expected = task_arithmetic(theta_0, task_vectors(theta_0, problem.expert_states), 0.3)
+    merged = model.merged_parameters(torch.tensor([0.2, 0.8]))
+    for name in theta_0:
+        torch.testing.assert_close(merged[name], expected[name])
+    assert sorted(model.module_names) == ["layers.0.mlp", "layers.1.mlp"]
+
+
+def test_router_gradients_agree_with_finite_differences():
+    problem = conflicting_problem()  # its own: .double() converts the backbone the model shares with the problem
+    model = PWEMoE(problem, upscale=UPSCALE_ALL).double()
+    heads = copy.deepcopy(problem.heads).double()
+    pref = torch.tensor([0.35, 0.65], dtype=torch.float64)
+    (x0, y0), (x1, y1) = (t.tensors for t in problem.train_data)
+
+    def objective() -> torch.Tensor:
+        solution = model(pref)
+        losses = [
+            nn.functional.cross_entropy(heads[t](solution(x[:64].double())), y[:64])
+            for t, x, y in ((0, x0, y0), (1, x1, y1))
+        ]
+        return pref @ torch.stack(losses)
+
+    params = model.trainable_parameters()
+    analytic = torch.autograd.grad(objective(), params)
+    eps = 1e-6
+    with torch.no_grad():
+        for p, grad in zip(params, analytic, strict=True):
+            for i in range(p.numel()):
+                p.view(-1)[i] += eps
+                up = objective()
+                p.view(-1)[i] -= 2 * eps
+                down = objective()
+                p.view(-1)[i] += eps
+                assert float((up - down) / (2 * eps)) == pytest.approx(float(grad.view(-1)[i]), rel=1e-5, abs=1e-8)
+
+
+@pytest.mark.parametrize("n_tasks", [2, 3])
+def test_trainable_parameters_are_the_routers_only(n_tasks):
+    model = PWEMoE(conflicting_problem(n_tasks), upscale="mlp")
+    assert sum(p.numel() for p in model.trainable_parameters()) == 2 * (4 * n_tasks**2 + 3 * n_tasks)
+    assert set(model.trainable_state()) == {
+        f"routers.{m}.{k}.{w}" for m in (0, 1) for k in (0, 2) for w in ("weight", "bias")
+    }
+
+
+@pytest.mark.parametrize(("n_tasks", "expected"), [(2, 264), (3, 540), (8, 3360)])
+def test_trainable_count_on_the_clip_vit_b32_vision_tower(n_tasks, expected):
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+
+    from mooframe.adapters.hf_clip import UPSCALE_PRESETS, HFCLIPVisionBackbone
+
+    with torch.device("meta"):
+        backbone = HFCLIPVisionBackbone(CLIPVisionModel(CLIPVisionConfig()))
+        heads = [nn.Linear(768, 10) for _ in range(n_tasks)]
+    state = dict(backbone.named_parameters())
+    data = [TensorDataset(torch.zeros(1, 3, 224, 224), torch.zeros(1, dtype=torch.long))] * n_tasks
+    problem = MergingProblem(backbone, [state] * n_tasks, heads, data, upscale_presets=UPSCALE_PRESETS)
+    model = PWEMoE(problem, upscale="mlp")
+    assert len(model.routers) == 12
+    assert sum(p.numel() for p in model.trainable_parameters()) == expected
+
+
+def test_gram_path_gives_the_ls_update(problem):
+    kwargs = {"steps": 8, "seed": 3, "progress": False, "model_kwargs": {"upscale": UPSCALE_ALL}}
+    plain = solve(problem, "pwe_moe", "ls", **kwargs)
+    gram = solve(problem, "pwe_moe", _GramLS(), **kwargs)
+    for a, b in zip(plain.model.trainable_parameters(), gram.model.trainable_parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_pwe_moe_front_beats_preference_weighted_task_arithmetic(problem):
+    hv = HV(ref_point=np.ones(2))
+    baseline = solve(problem, "task_arithmetic", progress=False).front(n=11)
+    result = solve(
+        problem, "pwe_moe", "ls", steps=300, lr=2e-2, alpha=0.5, progress=False, model_kwargs={"upscale": UPSCALE_ALL}
+    )
+    front = result.front(n=11)
+    assert hv(front.objectives) > hv(baseline.objectives) + 0.05
+    net = result.model_at([1.0, 0.0])
+    assert problem.evaluate(net).metrics["accuracy"][0] > problem.evaluate(problem.pretrained).metrics["accuracy"][0]
+
+
+def test_bfloat16_task_vectors_halve_their_memory_and_barely_move_the_merge(problem):
+    full = PWEMoE(problem, upscale=UPSCALE_ALL)
+    half = PWEMoE(problem, upscale=UPSCALE_ALL, task_vector_dtype="bfloat16")
+    half.load_trainable_state(full.trainable_state())
+    nbytes = [sum(t.numel() * t.element_size() for _, t in m.vectors.items()) for m in (full, half)]
+    assert nbytes[1] * 2 == nbytes[0]
+    pref = torch.tensor([0.4, 0.6])
+    with torch.no_grad():
+        a, b, coefficients = full.merged_parameters(pref), half.merged_parameters(pref), full.coefficients(pref)
+    for name, group in full.groups.items():
+        bound = 2**-8 * float(coefficients[group].abs().sum()) * float(full.vectors[name].abs().max())
+        assert float((a[name] - b[name]).abs().max()) <= bound
+
+
+def test_per_ray_trains_each_ray_at_its_own_preference(problem):
+    result = solve(problem, "per_ray", _GramLS(), steps=3, progress=False, model_kwargs={"rays": 2})
+    model, start = result.model, PerRayModels(problem, rays=2)
+    np.testing.assert_allclose(result.history["pref"], [[0, 1], [1, 0], [0, 1]], atol=1e-7)
+    np.testing.assert_allclose(result.history["weight"], result.history["pref"])
+    moved = [
+        any(not torch.equal(a, b) for a, b in zip(m.parameters(), s.parameters(), strict=True))
+        for m, s in zip(model.models, start.models, strict=True)
+    ]
+    assert moved == [True, True]
+    # one Gram step on ray 0 leaves ray 1 exactly as initialized (its gradient stays None, not zero)
+    one = solve(problem, "per_ray", _GramLS(), steps=1, progress=False, model_kwargs={"rays": 2})
+    for a, b in zip(one.model.models[1].parameters(), start.models[1].parameters(), strict=True):
+        assert torch.equal(a, b)
+    assert float(problem.evaluate(model.materialize([0.9, 0.1])).objectives[1]) == pytest.approx(
+        float(problem.evaluate(FunctionalModel(model.backbone, dict(model.models[1].named_parameters()))).objectives[1])
+    )
+
+
+def test_bad_options_are_named(problem):
+    with pytest.raises(ValueError, match="unknown up-scaling preset 'attn'.*presets: mlp"):
+        PWEMoE(problem, upscale="attn")
+    with pytest.raises(ValueError, match="match no module"):
+        PWEMoE(problem, upscale=[r"layers\.\d+\.attention"])
+    with pytest.raises(ValueError, match="task_vector_dtype"):
+        PWEMoE(problem, task_vector_dtype="float16")
+    with pytest.raises(ValueError, match="needs a MergingProblem"):
+        solve("zdt1", "pwe_moe", steps=1, progress=False)
+    with pytest.raises(ValueError, match="unknown init"):
+        PerRayModels(problem, init="random")

@@ -1,0 +1,114 @@
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from mooframe.cli import main
+from mooframe.indicators import hypervolume, igd
+from mooframe.report import ERROR_NOTE, compare_fronts, evaluation_preferences, plot_fronts, write_report
+from mooframe.result import Front
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def two_objective_front(points, metrics=None) -> Front:
+    points = np.asarray(points, dtype=float)
+    prefs = np.linspace([1.0, 0.0], [0.0, 1.0], len(points))
+    return Front(prefs, points, ["f1", "f2"], metrics or {})
+
+
+def test_comparison_uses_one_reference_point_and_reads_values_at_key_preferences():
+    fronts = {
+        "good": two_objective_front([[0.0, 1.0], [0.5, 0.5], [1.0, 0.0]]),
+        "worse": two_objective_front([[0.2, 1.0], [0.5, 0.6], [0.5, 0.6]]),
+    }
+    comparison = compare_fronts(fronts, extras={"good": {"trainable parameters": 264}})
+    np.testing.assert_allclose(comparison.ref_point, [1.1, 1.1])  # nadir (1, 1) + 10% of the range (1, 1)
+    good, worse = comparison.methods
+    # staircase areas at (1.1, 1.1): 1.1*0.1 + 0.6*0.5 + 0.1*0.5 and 0.9*0.1 + 0.6*0.4
+    assert good.hypervolume.value == pytest.approx(0.46) and worse.hypervolume.value == pytest.approx(0.33)
+    assert (good.n_non_dominated, worse.n_non_dominated, worse.n_points) == (3, 2, 3)
+    np.testing.assert_array_equal(good.at_preferences["e1"]["objectives"], [0.0, 1.0])
+    np.testing.assert_array_equal(good.at_preferences["equal"]["objectives"], [0.5, 0.5])
+    assert good.igd is None and ERROR_NOTE not in comparison.notes
+    text = comparison.text()
+    assert "trainable parameters" in text and "264" in text and "(1.1, 1.1)" in text
+
+
+def test_true_front_gives_igd_and_the_hv_ratio_and_accuracy_marks_errors():
+    truth = np.stack([np.linspace(0, 1, 50), 1 - np.linspace(0, 1, 50)], axis=1)
+    points = np.array([[0.1, 0.95], [0.6, 0.5]])
+    front = two_objective_front(points, {"accuracy": 1 - points})
+    comparison = compare_fronts({"m": front}, true_front=truth, ref=[2.0, 2.0])
+    (m,) = comparison.methods
+    assert comparison.ref_rule == "given"
+    assert m.igd == pytest.approx(igd(points, truth))
+    assert m.hypervolume_ratio == pytest.approx(hypervolume(points, [2, 2]).value / hypervolume(truth, [2, 2]).value)
+    assert ERROR_NOTE in comparison.notes and ERROR_NOTE in comparison.markdown()
+    header, rows = comparison.preference_rows()
+    assert header[-2:] == ["accuracy f1", "accuracy f2"] and rows[0][-2:] == ["0.9", "0.05"]
+
+
+def test_bad_comparison_input_is_rejected():
+    front = two_objective_front([[0.0, 1.0]])
+    with pytest.raises(ValueError, match="reference point has 3 entries; pass one per objective"):
+        compare_fronts({"a": front}, ref=[1.0, 1.0, 1.0])
+    other = Front(np.ones((1, 1)), np.zeros((1, 1)), ["g"])
+    with pytest.raises(ValueError, match="compare fronts of the same problem"):
+        compare_fronts({"a": front, "b": other})
+    with pytest.raises(ValueError, match="unknown labels"):
+        compare_fronts({"a": front}, extras={"b": {"x": 1}})
+
+
+def test_evaluation_preferences_add_the_equal_preference_when_missing():
+    assert len(evaluation_preferences(2, 11)) == 11
+    grid = evaluation_preferences(3, 11)
+    assert len(grid) == 67 and np.allclose(grid[-1], 1 / 3)
+
+
+@pytest.mark.parametrize("n_objectives", [3, 5])
+def test_plots_for_three_and_more_objectives(tmp_path, n_objectives):
+    prefs = evaluation_preferences(n_objectives, 4)
+    front = Front(prefs, np.sqrt(prefs), [f"t{i}" for i in range(n_objectives)])
+    plot_fronts({"a": front}, tmp_path / "f.png", true_front=np.sqrt(prefs))
+    assert (tmp_path / "f.png").read_bytes()[:8] == PNG_MAGIC
+
+
+def test_evaluate_command_writes_the_report_of_two_runs(tmp_path, capsys):
+    for seed in (0, 1):
+        args = ["solve", "--problem", "zdt1", "--steps", "30", "--seed", str(seed), "--quiet"]
+        assert main([*args, "--out", str(tmp_path / f"run{seed}")]) == 0
+    out = tmp_path / "report"
+    runs = [str(tmp_path / "run0"), str(tmp_path / "run1")]
+    assert main(["evaluate", *runs, "--out", str(out), "--n", "5", "--ref", "1.5", "8", "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "IGD+" in printed and "run0" in printed and "run1" in printed
+    report = json.loads((out / "report.json").read_text())
+    assert report["ref_point"] == [1.5, 8.0] and [m["label"] for m in report["methods"]] == ["run0", "run1"]
+    with open(out / "run1" / "front.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    objectives = np.array([[float(row["f1"]), float(row["f2"])] for row in rows])
+    assert len(rows) == 5  # 0, 0.25, ..., 1: the grid holds the equal preference
+    hv = report["methods"][1]["hypervolume"]
+    assert hv["method"] == "exact" and hv["value"] == pytest.approx(hypervolume(objectives, [1.5, 8.0]).value)
+    assert "Reference point (1.5, 8)" in (out / "report.md").read_text()
+    assert (out / "fronts.png").read_bytes()[:8] == PNG_MAGIC
+
+
+def test_evaluate_on_a_missing_run_exits_2_naming_it(tmp_path, capsys):
+    missing = tmp_path / "no-such-run"
+    assert main(["evaluate", str(missing), "--out", str(tmp_path / "report")]) == 2
+    assert str(missing) in capsys.readouterr().err
+    assert not (tmp_path / "report").exists()
+
+
+def test_write_report_files(tmp_path):
+    fronts = {"runs/a b": two_objective_front([[0.0, 1.0], [1.0, 0.0]])}
+    written = write_report(compare_fronts(fronts), fronts, tmp_path)
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in written) == [
+        "fronts.png",
+        "report.json",
+        "report.md",
+        "runs_a_b/front.csv",
+    ]

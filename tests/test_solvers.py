@@ -1,0 +1,240 @@
+"""Solvers: EPO's ray exactness, MGDA's exactness, scalarization gradients, torchjd weightings, edge cases."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from mooframe import solve
+from mooframe.pareto_set import ParetoSetModel
+from mooframe.problem import Problem
+from mooframe.registry import SOLVERS, build_solver
+from mooframe.solver import Solver
+from mooframe.solvers.epo import EPO, adjustment, non_uniformity
+from mooframe.solvers.ls import LinearScalarization
+from mooframe.solvers.mgda import min_norm_weights
+from mooframe.solvers.smooth_tchebycheff import SmoothTchebycheff
+from mooframe.solvers.tchebycheff import Tchebycheff
+
+GRAM_SOLVERS = ["epo", "mgda", "upgrad", "dualproj"]
+
+
+class TwoQuadratics(Problem):
+    """l_1 = ||x - a||^2 + 0.01, l_2 = ||x - b||^2 + 0.01 in the plane: the Pareto set is the segment [a, b]."""
+
+    def __init__(self) -> None:
+        self.a, self.b = torch.tensor([0.0, 0.0]), torch.tensor([1.0, 0.0])
+
+    @property
+    def n_objectives(self) -> int:
+        return 2
+
+    def losses(self, solution: torch.Tensor, batch: object = None) -> torch.Tensor:
+        return torch.stack([((solution - self.a) ** 2).sum(), ((solution - self.b) ** 2).sum()]) + 0.01
+
+
+class OnePoint(ParetoSetModel):
+    """A single trainable point, whatever the preference: learns the solution for one fixed preference."""
+
+    def __init__(self, problem: Problem) -> None:
+        super().__init__(problem)
+        self.x = torch.nn.Parameter(torch.tensor([0.3, 0.8]))
+
+    def forward(self, pref: torch.Tensor) -> torch.Tensor:
+        return self.x
+
+
+class FixedPreference(Solver):
+    """Hands `inner` the preference r instead of the sampled one, so solve() optimizes for r only."""
+
+    def __init__(self, inner: Solver, r: list[float]) -> None:
+        self.inner, self.r = inner, torch.tensor(r)
+        self.needs_gram = inner.needs_gram
+
+    def weights(self, losses: torch.Tensor, pref: torch.Tensor, gram: torch.Tensor | None = None) -> torch.Tensor:
+        return self.inner.weights(losses, self.r, gram)
+
+
+def test_epo_ends_on_the_preference_ray_where_ls_does_not():
+    r = [0.2, 0.8]
+    ends = {}
+    for name, inner in (("epo", EPO()), ("ls", LinearScalarization())):
+        problem = TwoQuadratics()
+        result = solve(
+            problem,
+            OnePoint(problem),
+            FixedPreference(inner, r),
+            steps=150,
+            lr=0.05,
+            optimizer="sgd",
+            lr_schedule="constant",
+            progress=False,
+        )
+        ends[name] = problem.losses(result.model.x.detach()).double().numpy()
+    assert non_uniformity(np.array(r) * ends["epo"]) <= 1e-3
+    assert non_uniformity(np.array(r) * ends["ls"]) > 0.1
+    # both end on the Pareto front: the point lies on the segment between the two minima
+    for losses in ends.values():
+        assert np.sqrt(losses[0] - 0.01) + np.sqrt(losses[1] - 0.01) == pytest.approx(1.0, abs=1e-3)
+
+
+def _random_gram(n: int, rank: int, rng: np.random.Generator) -> np.ndarray:
+    grads = rng.normal(size=(n, rank)) * rng.uniform(0.1, 10.0, size=(n, 1))
+    return grads @ grads.T
+
+
+@pytest.mark.filterwarnings("ignore:Solution may be inaccurate")
+@pytest.mark.parametrize("n", [2, 3, 8])
+def test_mgda_is_the_exact_min_norm_point(n):
+    import cvxpy as cp
+
+    rng = np.random.default_rng(n)
+    for rank in sorted({1, 2, n, 3 * n}):  # rank-deficient Gram matrices included
+        for _ in range(5):
+            gram = _random_gram(n, rank, rng)
+            w = min_norm_weights(gram)
+            value, qw = w @ gram @ w, gram @ w
+            scale = np.max(np.diag(gram))
+            # KKT: w on the simplex, (Q w)_t >= w^T Q w for all t, with equality on the support
+            assert np.all(w >= 0) and w.sum() == pytest.approx(1.0, abs=1e-12)
+            assert np.all(qw >= value - 1e-10 * scale)
+            np.testing.assert_allclose(qw[w > 1e-9], value, atol=1e-10 * scale)
+            x = cp.Variable(n)
+            problem = cp.Problem(cp.Minimize(cp.quad_form(x, cp.psd_wrap(gram))), [x >= 0, cp.sum(x) == 1])
+            problem.solve(solver=cp.CLARABEL, tol_gap_abs=1e-14, tol_gap_rel=1e-14, tol_feas=1e-14)
+            assert value <= problem.value + 1e-9 * max(1.0, scale)
+
+
+def test_gram_solvers_reject_non_finite_gram_matrices():
+    gram = torch.tensor([[1.0, float("nan")], [float("nan"), 1.0]])
+    for name in GRAM_SOLVERS:
+        with pytest.raises(ValueError, match="NaN or inf"):
+            build_solver(name).weights(torch.ones(2), torch.tensor([0.5, 0.5]), gram)
+        with pytest.raises(ValueError, match="Gram matrix"):
+            build_solver(name).weights(torch.ones(2), torch.tensor([0.5, 0.5]), None)
+
+
+@pytest.mark.parametrize("name", GRAM_SOLVERS)
+def test_gram_solvers_are_well_defined_for_zero_gradients_and_one_objective(name):
+    solver = build_solver(name)
+    solver.reset(3)
+    w = solver.weights(torch.tensor([1.0, 2.0, 3.0]), torch.tensor([0.2, 0.3, 0.5]), torch.zeros(3, 3))
+    assert torch.isfinite(w).all() and (w >= 0).all() and w.sum() > 0
+    solver.reset(1)
+    assert solver.weights(torch.tensor([1.0]), torch.tensor([1.0]), torch.ones(1, 1)).tolist() == [1.0]
+    if name == "mgda":
+        assert w.tolist() == pytest.approx([1 / 3] * 3)
+
+
+def test_epo_falls_back_to_relaxed_lp_then_ls_weights_and_counts_it(monkeypatch):
+    from mooframe.solvers import epo
+
+    monkeypatch.setattr(epo._EPOPrograms, "_solve", lambda self, problem: None)
+    solver = EPO()
+    solver.reset(2)
+    pref = torch.tensor([0.25, 0.75])
+    w = solver.weights(torch.tensor([1.0, 2.0]), pref, torch.eye(2))
+    assert w.tolist() == pytest.approx(pref.tolist())
+    assert solver.stats()["relaxed_fallbacks"] == 1 and solver.stats()["ls_fallbacks"] == 1
+
+
+@pytest.mark.parametrize("mode_losses", [[1.0, 3.0], [4.0, 1.0]])  # balance (off the ray), descent (on it)
+def test_epo_backends_reach_the_same_lp_optimum(mode_losses):
+    rng = np.random.default_rng(0)
+    gram = _random_gram(2, 5, rng)
+    losses, pref = np.array(mode_losses), np.array([0.2, 0.8])
+    highs, osqp = EPO(backend="highs"), EPO(backend="osqp")
+    w_highs, w_osqp = (s.weights(*map(torch.tensor, (losses, pref, gram))).numpy() for s in (highs, osqp))
+    assert highs.stats() == osqp.stats()
+    # the LP optimum value is unique even where the optimal weights are not
+    balance = highs.stats()["balance"] == 1
+    direction = gram @ adjustment(pref, losses) if balance else gram.sum(0)
+    assert w_highs @ direction == pytest.approx(w_osqp @ direction, rel=1e-4, abs=1e-6)
+
+
+def test_tchebycheff_weights_are_the_gradient_of_the_scalarization():
+    losses, pref, ideal = torch.tensor([0.7, 0.4, 0.9]), torch.tensor([0.2, 0.5, 0.3]), [0.1, 0.0, 0.2]
+    for solver, scalarization in (
+        (Tchebycheff(ideal=ideal), lambda v: torch.max(pref * (v - torch.tensor(ideal)))),
+        (
+            SmoothTchebycheff(mu=0.05, ideal=ideal),
+            lambda v: 0.05 * torch.logsumexp(pref * (v - torch.tensor(ideal)) / 0.05, 0),
+        ),
+    ):
+        point = losses.clone().requires_grad_()
+        (expected,) = torch.autograd.grad(scalarization(point), point)
+        torch.testing.assert_close(solver.weights(losses, pref), expected)
+
+
+def test_smooth_tchebycheff_tends_to_tchebycheff_as_mu_vanishes():
+    losses, pref = torch.tensor([0.7, 0.4]), torch.tensor([0.6, 0.4])
+    torch.testing.assert_close(
+        SmoothTchebycheff(mu=1e-4, ideal=[0, 0]).weights(losses, pref), Tchebycheff(ideal=[0, 0]).weights(losses, pref)
+    )
+
+
+def test_tracked_ideal_point_is_the_running_minimum_and_survives_a_checkpoint():
+    solver = Tchebycheff()
+    solver.reset(2)
+    pref = torch.tensor([0.5, 0.5])
+    for losses in ([0.9, 0.3], [0.5, 0.8], [0.7, 0.6]):
+        solver.weights(torch.tensor(losses), pref)
+    assert solver.state_dict()["running_min"] == pytest.approx([0.5, 0.3])
+    restored = Tchebycheff()
+    restored.load_state_dict(solver.state_dict())
+    losses = torch.tensor([0.6, 0.35])
+    torch.testing.assert_close(restored.weights(losses, pref), solver.weights(losses, pref))
+    with pytest.raises(ValueError, match="one per objective"):
+        Tchebycheff(ideal=[0.0]).reset(2)
+
+
+@pytest.mark.parametrize("name, aggregator", [("upgrad", "UPGrad"), ("dualproj", "DualProj")])
+def test_torchjd_weightings_match_torchjd_aggregators_and_do_not_conflict(name, aggregator):
+    from torchjd import aggregation
+
+    jacobian = torch.randn(3, 10, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    jacobian[1] = -0.8 * jacobian[0] + 0.1 * jacobian[1]  # two conflicting tasks
+    pref = torch.tensor([0.2, 0.3, 0.5], dtype=torch.float64)
+    w = build_solver(name).weights(torch.ones(3), pref, jacobian @ jacobian.T)
+    direction = w.to(jacobian) @ jacobian
+    torch.testing.assert_close(direction, getattr(aggregation, aggregator)(pref_vector=pref)(jacobian))
+    # no task's loss increases to first order, up to torchjd's regularization of the Gram matrix (reg_eps=1e-4)
+    assert torch.all(jacobian @ direction >= -1e-3 * (jacobian**2).sum(1).max())
+
+
+@pytest.mark.parametrize("name", sorted(SOLVERS))
+def test_every_solver_trains_the_hypernet_on_zdt1(name):
+    result = solve("zdt1", model="hypernet", solver=name, steps=6, progress=False, model_kwargs={"hidden": 16})
+    weights = result.history["weight"]
+    assert weights.shape == (6, 2) and np.isfinite(weights).all() and (weights >= -1e-9).all()
+    assert result.history["loss"][-1].sum() < result.history["loss"][0].sum()
+    if name == "epo":
+        stats = result.settings["solver_stats"]
+        assert stats["balance"] + stats["descent"] == 6 and stats["ls_fallbacks"] == 0
+
+
+@pytest.mark.parametrize(
+    "kwargs, message", [({"backend": "glpk"}, "unknown EPO backend"), ({"eps": 0}, "eps must be > 0")]
+)
+def test_bad_epo_options_are_rejected(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        EPO(**kwargs)
+
+
+def test_epo_rejects_negative_losses():
+    with pytest.raises(ValueError, match="non-negative losses"):
+        EPO().weights(torch.tensor([-1.0, 1.0]), torch.tensor([0.5, 0.5]), torch.eye(2))
+
+
+@pytest.mark.slow
+def test_epo_covers_the_concave_zdt2_front_where_ls_reaches_only_its_ends():
+    """A short run; benchmarks/solvers_zdt2.py gives the full-length figures (EPO >= 0.97 of the true HV)."""
+    from pymoo.indicators.hv import HV
+
+    hv, ratios = HV(ref_point=np.array([1.1, 1.1])), {}
+    for name in ("epo", "ls"):
+        result = solve("zdt2", solver=name, steps=300, lr=1e-2, progress=False, model_kwargs={"hidden": 64})
+        ratios[name] = hv(result.front(n=101).objectives) / hv(result.problem.true_front(1000))
+    assert ratios["epo"] >= 0.95
+    assert ratios["ls"] <= 0.25
