@@ -104,8 +104,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
     fronts = {label: result.front(prefs, progress=not args.quiet) for label, result in results.items()}
     true_front = problem.true_front()
     comparison = compare_fronts(fronts, true_front=true_front, ref=args.ref)
-    print(comparison.text())
     write_report(comparison, fronts, args.out, true_front=true_front, title=problem.registry_name or "runs")
+    print(comparison.text())
     print(f"\nwrote report.md, report.json, fronts.png and one front.csv per run to {args.out}")
 
 
@@ -160,7 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("evaluate", help="compare saved runs: HV / IGD table, report files and a plot")
     evaluate.add_argument("runs", nargs="+", metavar="RUN", help="run directories written by `mooframe solve`")
     evaluate.add_argument("--out", default="runs/report", help="directory for the report (default runs/report)")
-    evaluate.add_argument("--n", type=int, default=11, help="preferences per simplex edge of the evaluation grid")
+    evaluate.add_argument(
+        "--n", type=int, help="preferences per simplex edge of the grid (default 11 up to 3 objectives, else 2)"
+    )
     evaluate.add_argument(
         "--ref", type=float, nargs="+", help="hypervolume reference point (default: nadir of all fronts + 10%%)"
     )

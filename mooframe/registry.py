@@ -19,6 +19,8 @@ PROBLEMS: dict[str, str] = {
     "zdt3": "mooframe.problems.synthetic:ZDT3",
     "dtlz2": "mooframe.problems.synthetic:DTLZ2",
     "vlmop2": "mooframe.problems.synthetic:VLMOP2",
+    "clip_image_classification": "mooframe.problems.image_classification:CLIPImageClassification",
+    "gpt2_glue": "mooframe.problems.text_classification:GLUETextClassification",
 }
 
 MODELS: dict[str, str] = {

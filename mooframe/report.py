@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,7 @@ from mooframe.indicators import HypervolumeResult, as_points, hypervolume, igd, 
 from mooframe.preferences import equal_preference, uniform_grid, unit_preferences
 from mooframe.result import Front
 
-_PREF_TOLERANCE = 1e-6  # result.front stores preferences in the model dtype (float32)
+_PREF_TOLERANCE = 1e-6  # matches preferences that went through float32
 ERROR_NOTE = "objectives are errors 1 - accuracy (lower is better)"
 
 
@@ -112,11 +112,7 @@ class Comparison:
             "methods": [
                 {
                     "label": m.label,
-                    "hypervolume": {
-                        "value": m.hypervolume.value,
-                        "method": m.hypervolume.method,
-                        "std_error": m.hypervolume.std_error,
-                    },
+                    "hypervolume": asdict(m.hypervolume),
                     "hypervolume_ratio": m.hypervolume_ratio,
                     "igd": m.igd,
                     "igd_plus": m.igd_plus,
@@ -138,8 +134,14 @@ class Comparison:
         return "\n".join(f"- {line}" for line in lines)
 
 
-def evaluation_preferences(n_objectives: int, n: int = 11) -> np.ndarray:
-    """The uniform grid with `n` points per edge, plus the equal-weight preference when the grid lacks it."""
+def evaluation_preferences(n_objectives: int, n: int | None = None) -> np.ndarray:
+    """The uniform grid with `n` points per edge, plus the equal-weight preference when the grid lacks it.
+
+    By default n = 11 for up to 3 objectives (11 and 66 preferences, the PWE-MoE grids) and n = 2 beyond
+    (the T unit preferences and the equal one): 11 points per edge in 8 objectives would be 19448 models.
+    """
+    if n is None:
+        n = 11 if n_objectives <= 3 else 2
     grid = uniform_grid(n_objectives, n)
     equal = equal_preference(n_objectives)
     if np.abs(grid - equal).max(axis=1).min() > _PREF_TOLERANCE:

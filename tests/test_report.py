@@ -65,6 +65,9 @@ def test_evaluation_preferences_add_the_equal_preference_when_missing():
     assert len(evaluation_preferences(2, 11)) == 11
     grid = evaluation_preferences(3, 11)
     assert len(grid) == 67 and np.allclose(grid[-1], 1 / 3)
+    default_8 = evaluation_preferences(8)  # the unit preferences (in pymoo's order) and the equal one
+    assert default_8.shape == (9, 8) and np.allclose(default_8[-1], 1 / 8)
+    np.testing.assert_array_equal(default_8[:8][np.argsort(default_8[:8].argmax(axis=1))], np.eye(8))
 
 
 @pytest.mark.parametrize("n_objectives", [3, 5])
@@ -112,3 +115,18 @@ def test_write_report_files(tmp_path):
         "report.md",
         "runs_a_b/front.csv",
     ]
+
+
+def test_merging_problem_fronts_are_reported_as_errors(tiny_merging_problem):
+    evaluation = tiny_merging_problem.evaluate(tiny_merging_problem.pretrained)
+    front = Front(
+        np.array([[0.5, 0.5]]),
+        evaluation.objectives[None],
+        tiny_merging_problem.objective_names,
+        {name: values[None] for name, values in evaluation.metrics.items()},
+    )
+    comparison = compare_fronts({"pretrained": front})
+    assert ERROR_NOTE in comparison.notes
+    at_equal = comparison.methods[0].at_preferences["equal"]
+    np.testing.assert_allclose(at_equal["objectives"], 1 - at_equal["accuracy"])
+    assert "accuracy a" in comparison.text()

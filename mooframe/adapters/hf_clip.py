@@ -1,11 +1,16 @@
-"""Hugging Face CLIP vision towers (`transformers.CLIPVisionModel`), e.g. openai/clip-vit-base-patch32."""
+"""Hugging Face CLIP vision towers (`transformers.CLIPVisionModel`), e.g. openai/clip-vit-base-patch32.
+
+Experts follow the FusionBench naming: `tanganke/clip-vit-base-patch32_<task>` (one CLIPVisionModel per task).
+"""
 
 from __future__ import annotations
 
 import torch
-from transformers import CLIPVisionModel
+from transformers import AutoTokenizer, CLIPModel, CLIPVisionModel
 
 from mooframe.adapters import Backbone
+from mooframe.adapters.hub import from_pretrained_offline
+from mooframe.adapters.zero_shot import TextEncoder
 
 #: Module-name patterns (regular expressions, matched in full) of the PWE-MoE up-scaling presets.
 #: transformers 5 dropped the `vision_model` level of CLIPVisionModel; 4.x still has it.
@@ -28,3 +33,31 @@ class HFCLIPVisionBackbone(Backbone):
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         return self.model(pixel_values=pixel_values).pooler_output
+
+    @property
+    def image_size(self) -> int:
+        return self.model.config.image_size
+
+
+def expert_source(model: str, task: str) -> str:
+    """The FusionBench hub id of `task`'s expert for the pretrained `model`: tanganke/<model name>_<task>."""
+    return f"tanganke/{model.rstrip('/').split('/')[-1]}_{task}"
+
+
+def load_backbone(source: str) -> HFCLIPVisionBackbone:
+    """The vision tower saved at `source` (a save_pretrained folder, or a hub id in the Hugging Face cache)."""
+    return HFCLIPVisionBackbone(from_pretrained_offline(CLIPVisionModel, source, "CLIP vision model"))
+
+
+def text_tower(source: str) -> tuple[TextEncoder, torch.Tensor, float]:
+    """(encode_text, visual projection weight, logit scale) of the full CLIPModel at `source` (for zero-shot heads)."""
+    clip = from_pretrained_offline(CLIPModel, source, "CLIP model with its text tower").eval()
+    tokenizer = from_pretrained_offline(AutoTokenizer, source, "CLIP tokenizer")
+
+    def encode_text(texts: list[str]) -> torch.Tensor:
+        tokens = tokenizer(texts, padding=True, truncation=True, return_tensors="pt")
+        return clip.get_text_features(
+            input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"]
+        ).pooler_output
+
+    return encode_text, clip.visual_projection.weight.detach(), clip.logit_scale.exp().item()
