@@ -27,8 +27,11 @@ def parse_options(pairs: Sequence[str] | None) -> dict[str, Any]:
 
 
 def _cmd_solve(args: argparse.Namespace) -> None:
+    from mooframe import distributed
     from mooframe.solve import solve
 
+    distributed.init_from_environment(args.device)
+    checkpoint_dir = args.checkpoint_dir or args.resume or f"{args.out}-checkpoints"
     result = solve(
         args.problem,
         model=args.model,
@@ -44,9 +47,13 @@ def _cmd_solve(args: argparse.Namespace) -> None:
         problem_kwargs=parse_options(args.problem_option),
         model_kwargs=parse_options(args.model_option),
         solver_kwargs=parse_options(args.solver_option),
+        checkpoint_dir=checkpoint_dir,
+        checkpoint_every=args.checkpoint_every,
+        resume=args.resume,
+        on_nonfinite=args.on_nonfinite,
     )
-    path = result.save(args.out)
-    print(f"saved run to {path}")
+    if distributed.is_writer():
+        print(f"saved run to {result.save(args.out)}")
 
 
 def _cmd_select(args: argparse.Namespace) -> None:
@@ -137,6 +144,14 @@ def build_parser() -> argparse.ArgumentParser:
         )
     solve.add_argument("--out", required=True, help="run directory to write")
     solve.add_argument("--quiet", action="store_true", help="no progress bar")
+    solve.add_argument(
+        "--checkpoint-every", type=int, default=0, metavar="N", help="checkpoint every N steps (always on Ctrl-C)"
+    )
+    solve.add_argument("--checkpoint-dir", help="where checkpoints go (default: OUT-checkpoints, or the --resume DIR)")
+    solve.add_argument("--resume", metavar="DIR", help="continue exactly from the newest checkpoint in DIR")
+    solve.add_argument(
+        "--on-nonfinite", default="raise", choices=["raise", "skip"], help="stop on a NaN/inf loss or skip the step"
+    )
     solve.set_defaults(run=_cmd_solve)
 
     select = commands.add_parser("select", help="choose a preference from a run's evaluated front by a rule")
@@ -183,6 +198,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
         print(f"mooframe {args.command}: error: {message}", file=sys.stderr)
         return 2
+    except FloatingPointError as error:
+        print(f"mooframe {args.command}: error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt as error:
+        print(f"mooframe {args.command}: {str(error) or 'interrupted'}", file=sys.stderr)
+        return 130
     return 0
 
 

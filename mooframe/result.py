@@ -141,7 +141,7 @@ class ParetoSetResult:
         directory = Path(directory)
         if not directory.is_dir():
             raise FileNotFoundError(f"run directory {directory} does not exist")
-        config = _read_json(directory / CONFIG_FILE)
+        config = read_json(directory / CONFIG_FILE)
         if config.get("format") != FORMAT:
             raise ValueError(f"{directory / CONFIG_FILE} is not a mooframe run (format {config.get('format')!r})")
         if problem is None:
@@ -157,9 +157,9 @@ class ParetoSetResult:
                 f"the run in {directory} used a model that is not registered by name; it cannot be rebuilt"
             )
         model = build_model(config["model"]["name"], problem, **config["model"]["kwargs"]).to(device)
-        model.load_trainable_state(_read_safetensors(directory / MODEL_FILE))
+        model.load_trainable_state(read_safetensors(directory / MODEL_FILE))
         solver = build_solver(config["solver"]["name"], **config["solver"]["kwargs"])
-        history = {k: v.numpy() for k, v in _read_safetensors(directory / HISTORY_FILE).items()}
+        history = {k: v.numpy() for k, v in read_safetensors(directory / HISTORY_FILE).items()}
         result = cls(problem, model, solver, settings=config.get("settings", {}), history=history)
         result.source = directory
         return result
@@ -230,7 +230,7 @@ def _by_task(names: list[str], values: PreferenceLike) -> dict[str, float]:
     return dict(zip(names, np.asarray(values, dtype=float).flatten().tolist(), strict=True))
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def read_json(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"missing file {path}")
     try:
@@ -239,7 +239,7 @@ def _read_json(path: Path) -> dict[str, Any]:
         raise ValueError(f"corrupt JSON in {path}: {error}") from error
 
 
-def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise FileNotFoundError(f"missing file {path}")
     try:

@@ -6,14 +6,18 @@ Each step draws one preference r ~ Dirichlet(alpha), builds the solution for r o
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from mooframe import distributed
+from mooframe.checkpoint import TrainingState, deferred_interrupt
 from mooframe.pareto_set import ParetoSetModel
 from mooframe.preferences import sample_preferences
 from mooframe.problem import Problem
@@ -25,6 +29,7 @@ logger = logging.getLogger(__name__)
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
 LR_SCHEDULES = ("cosine", "constant")
+ON_NONFINITE = ("raise", "skip")
 
 
 def solve(
@@ -43,6 +48,10 @@ def solve(
     problem_kwargs: dict[str, Any] | None = None,
     model_kwargs: dict[str, Any] | None = None,
     solver_kwargs: dict[str, Any] | None = None,
+    checkpoint_dir: str | Path | None = None,
+    checkpoint_every: int = 0,
+    resume: str | Path | None = None,
+    on_nonfinite: str = "raise",
 ) -> ParetoSetResult:
     """Train `model` on `problem` with `solver` and return the learned Pareto set.
 
@@ -56,6 +65,17 @@ def solve(
         device: where the model and the problem's tensors live.
         progress: show a progress bar with the running losses.
         problem_kwargs, model_kwargs, solver_kwargs: constructor options when the pieces are given by name.
+        checkpoint_dir: where checkpoints go (see `mooframe.checkpoint`): on Ctrl-C, which finishes the current
+            step first, and every `checkpoint_every` steps and after the last. Defaults to `resume`'s folder.
+        checkpoint_every: steps between checkpoints (0: only on Ctrl-C).
+        resume: a checkpoint (or a directory of them: the newest) to continue from, exactly; the run's settings
+            must equal those that wrote it.
+        on_nonfinite: a NaN or inf loss or gradient "raise"s FloatingPointError naming the step and objective,
+            or "skip"s the update (counted in `settings["skipped_steps"]`); parameters never become NaN.
+
+    Under torch.distributed (a process group is initialized, e.g. by `torchrun`) every rank draws the same
+    preferences and trains on its shard of each task's batch, gradients are averaged over ranks (see
+    `mooframe.distributed`), and only rank 0 writes checkpoints.
     """
     if steps < 0:
         raise ValueError(f"steps must be >= 0, got {steps}")
@@ -63,6 +83,11 @@ def solve(
         raise ValueError(f"unknown optimizer {optimizer!r}; known: {', '.join(OPTIMIZERS)}")
     if lr_schedule not in LR_SCHEDULES:
         raise ValueError(f"unknown lr_schedule {lr_schedule!r}; known: {', '.join(LR_SCHEDULES)}")
+    if on_nonfinite not in ON_NONFINITE:
+        raise ValueError(f"unknown on_nonfinite {on_nonfinite!r}; known: {', '.join(ON_NONFINITE)}")
+    if checkpoint_every < 0:
+        raise ValueError(f"checkpoint_every must be >= 0 (0: only on Ctrl-C), got {checkpoint_every}")
+    device = distributed.rank_device(device)
     torch.manual_seed(seed)
     problem = build_problem(problem, **(problem_kwargs or {})).to(device)
     model = build_model(model, problem, **(model_kwargs or {})).to(device)
@@ -74,54 +99,85 @@ def solve(
     if not params:
         logger.info("%s has no trainable parameters: nothing to train", type(model).__name__)
         steps = 0
+    distributed.broadcast_parameters(params)
     opt = OPTIMIZERS[optimizer](params, lr=lr) if params else None
     schedule = _lr_schedule(opt, lr_schedule, steps) if opt else None
 
-    pref_rng = np.random.default_rng(seed)
-    batches = iter(problem.batches(np.random.default_rng([seed, 1])))
-    history: dict[str, list] = {"loss": [], "weight": [], "pref": []}
+    settings = {"steps": steps, "lr": lr, "optimizer": optimizer, "lr_schedule": lr_schedule, "alpha": alpha}
+    settings.update(seed=seed, device=str(device), world_size=distributed.world_size())
+    identity = {**settings, "problem": problem.spec(), "model": model.spec(), "solver": solver.spec()}
+    state = TrainingState(model, opt, schedule, solver, np.random.default_rng(seed), settings=identity)
+    if resume is not None:
+        restored = state.restore(resume)
+        logger.info("resumed from %s at step %d", restored, state.step)
+        checkpoint_dir = checkpoint_dir if checkpoint_dir is not None else restored.parent
+    batches = itertools.islice(problem.batches(np.random.default_rng([seed, 1])), state.step, None)
     start = time.perf_counter()
-    bar = tqdm(range(steps), desc="solve", disable=not progress, dynamic_ncols=True)
-    for step in bar:
-        pref = model.training_preference(sample_preferences(n_objectives, pref_rng, alpha).to(device), step)
-        solution = model(pref)
-        losses = problem.losses(solution, next(batches))
-        _check_finite(losses, step, problem)
-        opt.zero_grad(set_to_none=True)
-        weights = _backward(losses, pref, solver, params)
-        opt.step()
-        schedule.step()
-        history["loss"].append(losses.detach().cpu().tolist())
-        history["weight"].append(weights.detach().cpu().tolist())
-        history["pref"].append(pref.cpu().tolist())
-        bar.set_postfix_str(" ".join(f"{v:.3g}" for v in history["loss"][-1]), refresh=False)
-    settings = {
-        "steps": steps,
-        "lr": lr,
-        "optimizer": optimizer,
-        "lr_schedule": lr_schedule,
-        "alpha": alpha,
-        "seed": seed,
-        "device": str(device),
-        "train_seconds": time.perf_counter() - start,
-        "solver_stats": solver.stats(),
-    }
-    history_arrays = {key: np.asarray(values, dtype=float).reshape(-1, n_objectives) for key, values in history.items()}
-    return ParetoSetResult(problem, model, solver, settings=settings, history=history_arrays)
+    bar = tqdm(
+        range(state.step, steps), desc="solve", disable=not (progress and distributed.is_writer()), dynamic_ncols=True
+    )
+    with deferred_interrupt() as interrupted:
+        for step in bar:
+            pref = model.training_preference(sample_preferences(n_objectives, state.pref_rng, alpha).to(device), step)
+            solution = model(pref)
+            losses = problem.losses(solution, distributed.shard(next(batches)))
+            global_losses = distributed.mean(losses.detach())
+            try:
+                _check_losses(global_losses, problem)
+                opt.zero_grad(set_to_none=True)
+                weights = _backward(losses, global_losses, pref, solver, params, problem.objective_names)
+                _check_gradients(model)
+                opt.step()
+            except _NonFinite as fault:
+                if on_nonfinite == "raise":
+                    hint = "pass on_nonfinite='skip' to skip such steps"
+                    raise FloatingPointError(f"step {step}: {fault} ({hint})") from None
+                logger.warning("step %d: %s; skipped", step, fault)
+                state.skipped_steps += 1
+                weights = torch.full((n_objectives,), float("nan"))
+            schedule.step()
+            state.record(global_losses, weights, pref)
+            bar.set_postfix_str(" ".join(f"{v:.3g}" for v in state.history["loss"][-1]), refresh=False)
+            stop = distributed.any_rank(interrupted.is_set(), device)
+            if stop or checkpoint_every and (state.step % checkpoint_every == 0 or state.step == steps):
+                _write_checkpoint(state, checkpoint_dir)
+            if stop:
+                saved = f"; checkpoint in {checkpoint_dir}" if checkpoint_dir is not None else ""
+                raise KeyboardInterrupt(f"interrupted after step {state.step}{saved}")
+    settings.update(train_seconds=time.perf_counter() - start, solver_stats=solver.stats())
+    settings["skipped_steps"] = state.skipped_steps
+    history = {key: np.asarray(rows, dtype=float).reshape(-1, n_objectives) for key, rows in state.history.items()}
+    return ParetoSetResult(problem, model, solver, settings=settings, history=history)
+
+
+class _NonFinite(FloatingPointError):
+    """A NaN or inf loss or gradient: `solve` stops or skips the step, as `on_nonfinite` says."""
 
 
 def _backward(
-    losses: torch.Tensor, pref: torch.Tensor, solver: Solver, params: list[torch.nn.Parameter]
+    losses: torch.Tensor,
+    global_losses: torch.Tensor,
+    pref: torch.Tensor,
+    solver: Solver,
+    params: list[torch.nn.Parameter],
+    objective_names: list[str],
 ) -> torch.Tensor:
-    """Set `.grad` of `params` to sum_t w_t grad l_t with the solver's weights w, and return w."""
+    """Set `.grad` of `params` to sum_t w_t grad l_t with the solver's weights w, and return w.
+
+    `losses` are this rank's (differentiable), `global_losses` their mean over ranks, which the solver sees.
+    """
     if not solver.needs_gram:
-        weights = solver.weights(losses.detach(), pref).detach()
+        weights = solver.weights(global_losses, pref).detach()
         (weights @ losses).backward()
+        distributed.mean_gradients(params)
         return weights
     # Parameters no loss depends on keep .grad None, as in the summed backward, so that momentum leaves them be.
     params = parameters_reached(losses, params)
-    grads = per_task_gradients(losses, params)
-    weights = solver.weights(losses.detach(), pref, gram=grads @ grads.T).detach().to(grads)
+    grads = distributed.mean(per_task_gradients(losses, params))
+    bad = ~torch.isfinite(grads).all(dim=1)
+    if bad.any():  # before the solver sees a NaN Gram matrix
+        raise _NonFinite(f"non-finite gradient of objective(s) {_names(bad, objective_names)}")
+    weights = solver.weights(global_losses, pref, gram=grads @ grads.T).detach().to(grads)
     assign_flat_gradient(params, weights @ grads)
     return weights
 
@@ -161,13 +217,31 @@ def assign_flat_gradient(params: list[torch.nn.Parameter], flat: torch.Tensor) -
         offset += p.numel()
 
 
-def _check_finite(losses: torch.Tensor, step: int, problem: Problem) -> None:
+def _check_losses(losses: torch.Tensor, problem: Problem) -> None:
     if losses.shape != (problem.n_objectives,):
         raise ValueError(f"problem.losses returned shape {tuple(losses.shape)}, expected ({problem.n_objectives},)")
-    bad = ~torch.isfinite(losses.detach())
+    bad = ~torch.isfinite(losses)
     if bad.any():
-        names = [problem.objective_names[t] for t in torch.nonzero(bad).flatten().tolist()]
-        raise FloatingPointError(f"non-finite loss at step {step} for objective(s) {names}: {losses.tolist()}")
+        raise _NonFinite(f"non-finite loss for objective(s) {_names(bad, problem.objective_names)}: {losses.tolist()}")
+
+
+def _check_gradients(model: ParetoSetModel) -> None:
+    named = [(name, p.grad) for name, p in model.named_parameters() if p.grad is not None]
+    if not named:
+        return
+    finite = torch.stack([torch.isfinite(grad).all() for _, grad in named])  # one device sync, not one per tensor
+    bad = [name for (name, _), ok in zip(named, finite.tolist(), strict=True) if not ok]
+    if bad:
+        raise _NonFinite(f"non-finite gradient in parameter(s) {bad[:5]}")
+
+
+def _names(mask: torch.Tensor, names: list[str]) -> list[str]:
+    return [names[t] for t in torch.nonzero(mask).flatten().tolist()]
+
+
+def _write_checkpoint(state: TrainingState, directory: str | Path | None) -> None:
+    if directory is not None and distributed.is_writer():
+        logger.info("wrote checkpoint %s", state.save(directory))
 
 
 def _lr_schedule(opt: torch.optim.Optimizer, kind: str, steps: int) -> torch.optim.lr_scheduler.LRScheduler:

@@ -1,0 +1,239 @@
+"""Checkpoints of a run in progress: everything `solve` needs to continue exactly where it stopped.
+
+A checkpoint is a folder `step-00000042/` holding `state.json` (step, settings, solver state, optimizer and
+schedule hyperparameters, the preference generator's state) and `tensors.safetensors` (trainable parameters,
+optimizer moments, torch RNG states, the history so far). It is written to a hidden temporary folder and renamed
+into place, so a checkpoint folder is either complete or absent; older ones are removed only after the new one
+exists. Loading reads JSON and safetensors only: nothing is unpickled, so a hostile file cannot run code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import shutil
+import signal
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+
+from mooframe.pareto_set import ParetoSetModel
+from mooframe.result import read_json, read_safetensors
+from mooframe.solver import Solver
+
+FORMAT = "mooframe-checkpoint/1"
+STATE_FILE, TENSORS_FILE = "state.json", "tensors.safetensors"
+_STEP_FOLDER = re.compile(r"step-(\d{8})")
+#: settings a resumed run must share with the run that wrote the checkpoint.
+RESUME_KEYS = ("steps", "lr", "optimizer", "lr_schedule", "alpha", "seed", "problem", "model", "solver")
+
+
+@dataclass
+class TrainingState:
+    """What a run carries from step to step; `save` and `restore` make it survive a restart bit for bit."""
+
+    model: ParetoSetModel
+    optimizer: torch.optim.Optimizer | None
+    schedule: torch.optim.lr_scheduler.LRScheduler | None
+    solver: Solver
+    pref_rng: np.random.Generator
+    settings: dict[str, Any]
+    history: dict[str, list] = field(default_factory=lambda: {"loss": [], "weight": [], "pref": []})
+    step: int = 0
+    skipped_steps: int = 0
+
+    def record(self, losses: torch.Tensor, weights: torch.Tensor, pref: torch.Tensor) -> None:
+        """Close the current step: append its losses, solver weights and preference to the history."""
+        self.history["loss"].append(losses.detach().cpu().tolist())
+        self.history["weight"].append(weights.detach().cpu().tolist())
+        self.history["pref"].append(pref.detach().cpu().tolist())
+        self.step += 1
+
+    def save(self, directory: str | Path) -> Path:
+        """Write a checkpoint of the current step under `directory`, then remove the other checkpoints there."""
+        params = self.model.trainable_state()
+        for name, tensor in params.items():
+            if not torch.isfinite(tensor).all():
+                raise FloatingPointError(f"refusing to checkpoint non-finite trainable parameter {name!r}")
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        target = directory / f"step-{self.step:08d}"
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=directory))
+        try:
+            tensors, json_state = self._snapshot(params)
+            save_file(tensors, str(staging / TENSORS_FILE))
+            (staging / STATE_FILE).write_text(json.dumps(json_state, indent=1))
+            shutil.rmtree(target, ignore_errors=True)
+            staging.rename(target)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        for old in checkpoint_folders(directory):
+            if old != target:
+                shutil.rmtree(old, ignore_errors=True)
+        return target
+
+    def restore(self, path: str | Path) -> Path:
+        """Load the checkpoint at `path` (a checkpoint folder, or a directory of them: the newest is used)."""
+        folder = latest_checkpoint(path)
+        state = read_json(folder / STATE_FILE)
+        if state.get("format") != FORMAT:
+            raise ValueError(f"{folder / STATE_FILE} is not a mooframe checkpoint (format {state.get('format')!r})")
+        tensors = read_safetensors(folder / TENSORS_FILE)
+        _check_same_run(state, self.settings, folder)
+        try:
+            self._load(state, tensors)
+        except (KeyError, TypeError, IndexError) as error:
+            raise ValueError(
+                f"checkpoint {folder} is incomplete or malformed ({type(error).__name__}: {error})"
+            ) from None
+        except ValueError as error:
+            raise ValueError(f"checkpoint {folder}: {error}") from None
+        return folder
+
+    def _snapshot(self, params: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        tensors = {f"model/{name}": t.detach().cpu().contiguous() for name, t in params.items()}
+        tensors["rng/torch"] = torch.get_rng_state()
+        if torch.cuda.is_available():
+            tensors.update({f"rng/cuda/{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
+        for key, rows in self.history.items():
+            tensors[f"history/{key}"] = torch.tensor(rows, dtype=torch.float64).reshape(
+                len(rows), self.model.n_objectives
+            )
+        optimizer_scalars: dict[str, dict[str, Any]] = {}
+        if self.optimizer is not None:
+            opt_state = self.optimizer.state_dict()
+            for index, values in opt_state["state"].items():
+                for key, value in values.items():
+                    if isinstance(value, torch.Tensor):
+                        tensors[f"optimizer/{index}/{key}"] = value.detach().cpu().contiguous()
+                    else:
+                        optimizer_scalars.setdefault(str(index), {})[key] = value
+        json_state = {
+            "format": FORMAT,
+            "step": self.step,
+            "skipped_steps": self.skipped_steps,
+            "settings": {key: _as_json(self.settings.get(key)) for key in RESUME_KEYS},
+            "solver": self.solver.state_dict(),
+            "optimizer_groups": self.optimizer.state_dict()["param_groups"] if self.optimizer else None,
+            "optimizer_scalars": optimizer_scalars,
+            "schedule": self.schedule.state_dict() if self.schedule else None,
+            "pref_rng": self.pref_rng.bit_generator.state,
+        }
+        return tensors, json_state
+
+    def _load(self, state: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
+        model_state = {k.removeprefix("model/"): v for k, v in tensors.items() if k.startswith("model/")}
+        for name, tensor in model_state.items():
+            if not torch.isfinite(tensor).all():
+                raise ValueError(f"non-finite values in trainable parameter {name!r}")
+        self.model.load_trainable_state(model_state)
+        if self.optimizer is not None:
+            self.optimizer.load_state_dict(self._optimizer_state(state, tensors))
+            self.schedule.load_state_dict(state["schedule"])
+        self.solver.load_state_dict(state["solver"])
+        self.pref_rng.bit_generator.state = state["pref_rng"]
+        torch.set_rng_state(tensors["rng/torch"])
+        cuda_states = [tensors[k] for k in sorted(tensors) if k.startswith("rng/cuda/")]
+        if cuda_states and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(cuda_states)
+        self.step, self.skipped_steps = int(state["step"]), int(state["skipped_steps"])
+        self.history = {key: tensors[f"history/{key}"].tolist() for key in self.history}
+        if any(len(rows) != self.step for rows in self.history.values()):
+            raise ValueError(f"the history does not have one row per step for its {self.step} steps")
+
+    def _optimizer_state(self, state: dict[str, Any], tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
+        params = self.optimizer.param_groups[0]["params"]
+        per_param: dict[int, dict[str, Any]] = {}
+        for key, tensor in tensors.items():
+            if key.startswith("optimizer/"):
+                _, index, name = key.split("/")
+                reference = params[int(index)]
+                if tensor.ndim and tensor.shape != reference.shape:
+                    raise ValueError(
+                        f"optimizer state {key!r} has shape {tuple(tensor.shape)}, "
+                        f"the parameter has {tuple(reference.shape)}"
+                    )
+                per_param.setdefault(int(index), {})[name] = tensor  # load_state_dict moves it to the parameter
+        for index, values in state["optimizer_scalars"].items():
+            per_param.setdefault(int(index), {}).update(values)
+        groups = [{k: tuple(v) if k == "betas" else v for k, v in g.items()} for g in state["optimizer_groups"]]
+        return {"state": per_param, "param_groups": groups}
+
+
+def checkpoint_folders(directory: str | Path) -> list[Path]:
+    """The complete checkpoint folders in `directory`, oldest first."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    return sorted(p for p in directory.iterdir() if p.is_dir() and _STEP_FOLDER.fullmatch(p.name))
+
+
+def latest_checkpoint(path: str | Path) -> Path:
+    """`path` if it is a checkpoint folder, else the newest checkpoint folder inside it."""
+    path = Path(path)
+    if (path / STATE_FILE).exists():
+        return path
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint directory {path} does not exist")
+    if path.is_file():
+        raise ValueError(f"{path} is a file; pass a checkpoint directory (holding step-NNNNNNNN/ folders)")
+    folders = checkpoint_folders(path)
+    if not folders:
+        raise FileNotFoundError(f"no checkpoint (step-NNNNNNNN/{STATE_FILE}) in {path}")
+    return folders[-1]
+
+
+def _check_same_run(state: dict[str, Any], settings: dict[str, Any], folder: Path) -> None:
+    saved = state.get("settings")
+    if not isinstance(saved, dict):
+        raise ValueError(f"{folder / STATE_FILE} has no run settings")
+    for key in RESUME_KEYS:
+        ours = _as_json(settings.get(key))
+        if saved.get(key) != ours:
+            raise ValueError(
+                f"checkpoint {folder} was written by a run with {key}={saved.get(key)!r}, this run has "
+                f"{key}={ours!r}; resume with the same settings"
+            )
+
+
+def _as_json(value: Any) -> Any:
+    """`value` as it reads back from JSON (tuples become lists, unknown objects their str), for comparisons."""
+    return json.loads(json.dumps(value, default=str))
+
+
+@contextlib.contextmanager
+def deferred_interrupt() -> Iterator[threading.Event]:
+    """Turn Ctrl-C (SIGINT) into a flag checked between steps, so a step is never cut in half.
+
+    Yields an event that is set on SIGINT; the caller checkpoints and raises KeyboardInterrupt. A second Ctrl-C
+    more than a second later interrupts at once (within a second it is the same one: torchrun forwards the
+    terminal's Ctrl-C to workers that got it already). Outside the main thread nothing is deferred.
+    """
+    event = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield event
+        return
+    first_at: list[float] = []  # when the first Ctrl-C came
+
+    def handler(signum: int, frame: Any) -> None:
+        if first_at and time.monotonic() - first_at[0] > 1.0:
+            raise KeyboardInterrupt
+        if not first_at:
+            first_at.append(time.monotonic())
+        event.set()
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield event
+    finally:
+        signal.signal(signal.SIGINT, previous)

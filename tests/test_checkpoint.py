@@ -1,0 +1,180 @@
+"""Checkpoint/resume (bit-identical continuation), Ctrl-C, and NaN/inf handling."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Callable
+
+import pytest
+import torch
+from safetensors.torch import save_file
+from toys import GramLS, RouterMerge
+
+import mooframe.checkpoint
+from mooframe.checkpoint import checkpoint_folders
+from mooframe.problem import MergingProblem, Problem
+from mooframe.solve import solve
+from mooframe.solvers.ls import LinearScalarization
+
+STEPS = 12
+
+
+class _Disrupted(Problem):
+    """`inner` whose losses go through `disrupt(losses)` at one step (counting calls from 0)."""
+
+    def __init__(self, inner: MergingProblem, at_step: int, disrupt: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        self.inner, self.at_step, self.disrupt, self.calls = inner, at_step, disrupt, 0
+
+    @property
+    def n_objectives(self) -> int:
+        return self.inner.n_objectives
+
+    @property
+    def objective_names(self) -> list[str]:
+        return self.inner.objective_names
+
+    def batches(self, rng):
+        return self.inner.batches(rng)
+
+    def losses(self, solution, batch):
+        losses = self.inner.losses(solution, batch)
+        self.calls += 1
+        return self.disrupt(losses) if self.calls == self.at_step + 1 else losses
+
+
+def _crash(losses):
+    raise RuntimeError("process killed")
+
+
+def _ctrl_c(losses):
+    os.kill(os.getpid(), signal.SIGINT)
+    return losses
+
+
+class _NanGradient(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):  # NaN wherever a gradient flows (zeros stay zeros: other objectives are unaffected)
+        return torch.where(grad == 0, grad, torch.full_like(grad, float("nan")))
+
+
+class _CountingLS(LinearScalarization):
+    """LS whose weights grow with the number of steps it has seen: its state must survive a checkpoint."""
+
+    def reset(self, n_objectives: int) -> None:
+        super().reset(n_objectives)
+        self.calls = 0
+
+    def weights(self, losses, pref, gram=None):
+        self.calls += 1
+        return pref.to(losses) * (1 + 0.1 * self.calls)
+
+    def state_dict(self):
+        return {"calls": self.calls}
+
+    def load_state_dict(self, state):
+        self.calls = state["calls"]
+
+
+def _run(problem, model_problem=None, solver="ls", **kwargs):
+    torch.manual_seed(0)
+    model = RouterMerge(model_problem or problem)
+    return solve(problem, model, solver, steps=STEPS, seed=2, progress=False, **kwargs)
+
+
+def _assert_identical(a, b):
+    for (name, x), y in zip(a.model.trainable_state().items(), b.model.trainable_state().values(), strict=True):
+        assert torch.equal(x, y), f"{name} differs"
+
+
+@pytest.mark.parametrize("disrupt, error", [(_crash, RuntimeError), (_ctrl_c, KeyboardInterrupt)])
+def test_a_run_stopped_at_step_k_and_resumed_is_bit_identical(tiny_merging_problem, tmp_path, disrupt, error):
+    uninterrupted = _run(tiny_merging_problem)
+    stopped = _Disrupted(tiny_merging_problem, at_step=9, disrupt=disrupt)
+    with pytest.raises(error):
+        _run(stopped, tiny_merging_problem, checkpoint_dir=tmp_path, checkpoint_every=4)
+    # a crash in step 9 leaves the checkpoint of step 8; Ctrl-C finishes step 9 and writes step 10
+    expected = "step-00000008" if error is RuntimeError else "step-00000010"
+    assert [p.name for p in checkpoint_folders(tmp_path)] == [expected]
+    resumed = _run(tiny_merging_problem, resume=tmp_path)
+    _assert_identical(resumed, uninterrupted)
+    for key, values in uninterrupted.history.items():
+        assert (resumed.history[key] == values).all(), key
+
+
+def test_solver_state_is_restored_on_resume(tiny_merging_problem, tmp_path):
+    uninterrupted = _run(tiny_merging_problem, solver=_CountingLS())
+    with pytest.raises(RuntimeError):
+        _run(
+            _Disrupted(tiny_merging_problem, 7, _crash),
+            tiny_merging_problem,
+            solver=_CountingLS(),
+            checkpoint_dir=tmp_path,
+            checkpoint_every=5,
+        )
+    resumed = _run(tiny_merging_problem, solver=_CountingLS(), resume=tmp_path)
+    assert resumed.solver.calls == STEPS
+    _assert_identical(resumed, uninterrupted)
+
+
+def test_nonfinite_loss_stops_naming_step_and_objective_and_keeps_the_last_good_checkpoint(
+    tiny_merging_problem, tmp_path
+):
+    nan_in_b = _Disrupted(
+        tiny_merging_problem, at_step=5, disrupt=lambda losses: losses * torch.tensor([1.0, float("nan")])
+    )
+    with pytest.raises(FloatingPointError, match=r"step 5: non-finite loss for objective\(s\) \['b'\]"):
+        _run(nan_in_b, tiny_merging_problem, checkpoint_dir=tmp_path, checkpoint_every=2)
+    assert [p.name for p in checkpoint_folders(tmp_path)] == ["step-00000004"]
+    resumed = _run(tiny_merging_problem, resume=tmp_path)  # the kept checkpoint is good: the run can go on
+    assert all(torch.isfinite(p).all() for p in resumed.model.parameters())
+
+
+def test_a_gram_solver_never_sees_a_nonfinite_gradient_and_the_objective_is_named(tiny_merging_problem):
+    def nan_gradient_in_a(losses):
+        return torch.stack([_NanGradient.apply(losses[0]), losses[1]])
+
+    with pytest.raises(FloatingPointError, match=r"step 2: non-finite gradient of objective\(s\) \['a'\]"):
+        _run(_Disrupted(tiny_merging_problem, 2, nan_gradient_in_a), tiny_merging_problem, solver=GramLS())
+
+
+def test_skipped_steps_are_counted_and_leave_the_parameters_untouched(tiny_merging_problem):
+    nan_grad = _Disrupted(tiny_merging_problem, at_step=3, disrupt=_NanGradient.apply)
+    with pytest.raises(FloatingPointError, match=r"step 3: non-finite gradient in parameter\(s\) \['router"):
+        _run(nan_grad, tiny_merging_problem)
+    nan_grad.calls = 0
+    skipped = _run(nan_grad, tiny_merging_problem, on_nonfinite="skip")
+    assert skipped.settings["skipped_steps"] == 1
+    assert torch.isnan(torch.as_tensor(skipped.history["weight"][3])).all()
+    assert torch.isfinite(torch.as_tensor(skipped.history["weight"][4])).all()
+    assert all(torch.isfinite(p).all() for p in skipped.model.parameters())
+    # with plain SGD a skipped step equals a step with zero gradient: nothing else about the run changed
+    nan_grad.calls = 0
+    zero_grad = _Disrupted(tiny_merging_problem, at_step=3, disrupt=lambda losses: losses.detach() + 0 * losses)
+    _assert_identical(
+        _run(nan_grad, tiny_merging_problem, optimizer="sgd", on_nonfinite="skip"),
+        _run(zero_grad, tiny_merging_problem, optimizer="sgd"),
+    )
+
+
+def test_a_checkpoint_write_that_fails_midway_leaves_the_previous_checkpoint_whole(tmp_path, monkeypatch):
+    calls = []
+
+    def save_file_until_the_disk_is_full(tensors, path):
+        calls.append(path)
+        if len(calls) == 3:
+            raise OSError("No space left on device")
+        save_file(tensors, path)
+
+    monkeypatch.setattr(mooframe.checkpoint, "save_file", save_file_until_the_disk_is_full)
+    options = {"model_kwargs": {"hidden": 8}, "progress": False, "seed": 4}
+    with pytest.raises(OSError, match="No space left"):
+        solve("zdt1", steps=8, checkpoint_dir=tmp_path, checkpoint_every=2, **options)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step-00000004"]  # no half-written folder left
+    monkeypatch.undo()
+    resumed = solve("zdt1", steps=8, resume=tmp_path, **options)
+    _assert_identical(resumed, solve("zdt1", steps=8, **options))

@@ -1,0 +1,35 @@
+"""Toys for tests and benchmarks: the smallest merging Pareto set model and LS routed through the Gram path."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from mooframe.pareto_set import FunctionalModel, ParetoSetModel
+from mooframe.problem import MergingProblem
+from mooframe.solvers.ls import LinearScalarization
+
+
+class GramLS(LinearScalarization):
+    """LS through the per-task-gradient path (as EPO and MGDA): must give exactly the LS update."""
+
+    needs_gram = True
+
+
+class RouterMerge(ParetoSetModel):
+    """theta(r) = theta_0 + sum_t c_t(r) tau_t with a linear router c(r) = W r + b: the smallest merging model."""
+
+    def __init__(self, problem: MergingProblem) -> None:
+        super().__init__(problem)
+        self.router = nn.Linear(problem.n_objectives, problem.n_objectives)
+        self.merging_problem = problem
+
+    def forward(self, pref: torch.Tensor) -> FunctionalModel:
+        coefficients = self.router(pref)
+        base = self.merging_problem.pretrained_state()
+        experts = self.merging_problem.expert_states
+        merged = {
+            name: theta + sum(c * (expert[name] - theta) for c, expert in zip(coefficients, experts, strict=True))
+            for name, theta in base.items()
+        }
+        return FunctionalModel(self.merging_problem.pretrained, merged)
