@@ -103,7 +103,7 @@ def test_mgda_is_the_exact_min_norm_point(n):
             x = cp.Variable(n)
             problem = cp.Problem(cp.Minimize(cp.quad_form(x, cp.psd_wrap(gram))), [x >= 0, cp.sum(x) == 1])
             problem.solve(solver=cp.CLARABEL, tol_gap_abs=1e-14, tol_gap_rel=1e-14, tol_feas=1e-14)
-            assert value <= problem.value + 1e-9 * max(1.0, scale)
+            assert value == pytest.approx(problem.value, abs=1e-9)
 
 
 def test_gram_solvers_reject_non_finite_gram_matrices():
@@ -120,11 +120,10 @@ def test_gram_solvers_are_well_defined_for_zero_gradients_and_one_objective(name
     solver = build_solver(name)
     solver.reset(3)
     w = solver.weights(torch.tensor([1.0, 2.0, 3.0]), torch.tensor([0.2, 0.3, 0.5]), torch.zeros(3, 3))
-    assert torch.isfinite(w).all() and (w >= 0).all() and w.sum() > 0
     solver.reset(1)
     assert solver.weights(torch.tensor([1.0]), torch.tensor([1.0]), torch.ones(1, 1)).tolist() == [1.0]
-    if name == "mgda":
-        assert w.tolist() == pytest.approx([1 / 3] * 3)
+    # zero gradients: any weights give the zero update; MGDA answers 1/T, the others the preference r
+    assert w.tolist() == pytest.approx([1 / 3] * 3 if name == "mgda" else [0.2, 0.3, 0.5])
 
 
 def test_epo_falls_back_to_relaxed_lp_then_ls_weights_and_counts_it(monkeypatch):
@@ -175,13 +174,13 @@ def test_smooth_tchebycheff_tends_to_tchebycheff_as_mu_vanishes():
 
 
 def test_tracked_ideal_point_is_the_running_minimum_and_survives_a_checkpoint():
-    solver = Tchebycheff()
+    solver = Tchebycheff(ideal=None)
     solver.reset(2)
     pref = torch.tensor([0.5, 0.5])
     for losses in ([0.9, 0.3], [0.5, 0.8], [0.7, 0.6]):
         solver.weights(torch.tensor(losses), pref)
     assert solver.state_dict()["running_min"] == pytest.approx([0.5, 0.3])
-    restored = Tchebycheff()
+    restored = Tchebycheff(ideal=None)
     restored.load_state_dict(solver.state_dict())
     losses = torch.tensor([0.6, 0.35])
     torch.testing.assert_close(restored.weights(losses, pref), solver.weights(losses, pref))
@@ -228,13 +227,13 @@ def test_epo_rejects_negative_losses():
 
 
 @pytest.mark.slow
-def test_epo_covers_the_concave_zdt2_front_where_ls_reaches_only_its_ends():
+def test_epo_and_tchebycheff_cover_the_concave_zdt2_front_where_ls_reaches_one_end():
     """A short run; benchmarks/solvers_zdt2.py gives the full-length figures (EPO >= 0.97 of the true HV)."""
     from pymoo.indicators.hv import HV
 
     hv, ratios = HV(ref_point=np.array([1.1, 1.1])), {}
-    for name in ("epo", "ls"):
+    for name in ("epo", "tchebycheff", "ls"):
         result = solve("zdt2", solver=name, steps=300, lr=1e-2, progress=False, model_kwargs={"hidden": 64})
         ratios[name] = hv(result.front(n=101).objectives) / hv(result.problem.true_front(1000))
-    assert ratios["epo"] >= 0.95
+    assert ratios["epo"] >= 0.95 and ratios["tchebycheff"] >= 0.95
     assert ratios["ls"] <= 0.25

@@ -36,7 +36,8 @@ class EPO(Solver):
 
     Args:
         eps: non-uniformity below which EPO switches from balancing to descent.
-        backend: LP solver behind cvxpy, "highs" (dual simplex, default: faster here) or "osqp".
+        backend: LP solver behind cvxpy, "highs" (simplex, default) or "osqp" (ADMM): equally fast in
+            training, but OSQP reports tight LPs infeasible and falls back (benchmarks/solvers.py).
     """
 
     needs_gram = True
@@ -62,13 +63,13 @@ class EPO(Solver):
         loss = losses.detach().double().cpu().numpy()
         if (loss < 0).any():
             raise ValueError(f"EPO needs non-negative losses (it balances r * l on a log scale); got {loss.tolist()}")
-        if n == 1:
-            return torch.ones(1, dtype=torch.float64)
+        scale = float(np.abs(c).max())
+        if n == 1 or scale == 0:  # one objective (r = [1]), or zero gradients: any alpha gives the same update
+            return torch.as_tensor(r)
         if self._programs is None or self._programs.n != n:
             self._programs = _EPOPrograms(n, BACKENDS[self.backend])
         mu, a = non_uniformity(r * loss), adjustment(r, loss)
-        scale = float(np.abs(c).max())
-        c = c / scale if scale > 0 else c  # the LPs are invariant to scaling C; unit scale suits the LP tolerances
+        c = c / scale  # the LPs are invariant to scaling C; unit scale suits the LP tolerances
         mode = "balance" if mu > self.eps else "descent"
         self._counts[mode] += 1
         alpha = self._programs.balance(c, a, r * loss) if mode == "balance" else self._programs.descent(c, a)

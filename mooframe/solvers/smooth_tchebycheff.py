@@ -18,10 +18,10 @@ class SmoothTchebycheff(Tchebycheff):
 
     Args:
         mu: smoothing temperature (> 0).
-        ideal: the ideal point z, or None to track the running minimum of the losses (see `Tchebycheff`).
+        ideal: the ideal point z (default 0), or None to track the running minimum of the losses (see `Tchebycheff`).
     """
 
-    def __init__(self, mu: float = 0.1, ideal: Sequence[float] | None = None) -> None:
+    def __init__(self, mu: float = 0.1, ideal: float | Sequence[float] | None = 0.0) -> None:
         if not mu > 0:
             raise ValueError(f"mu must be > 0, got {mu}")
         super().__init__(ideal)
