@@ -117,6 +117,7 @@ class ParetoSetResult:
                 "problem": self.problem.spec(),
                 "model": self.model.spec(),
                 "solver": self.solver.spec(),
+                "solver_state": self.solver.state_dict(),
                 "objective_names": list(self.problem.objective_names),
                 "settings": self.settings,
             }
@@ -159,6 +160,7 @@ class ParetoSetResult:
         model = build_model(config["model"]["name"], problem, **config["model"]["kwargs"]).to(device)
         model.load_trainable_state(read_safetensors(directory / MODEL_FILE))
         solver = build_solver(config["solver"]["name"], **config["solver"]["kwargs"])
+        solver.load_state_dict(config.get("solver_state", {}))  # absent in runs saved before it was stored
         history = {k: v.numpy() for k, v in read_safetensors(directory / HISTORY_FILE).items()}
         result = cls(problem, model, solver, settings=config.get("settings", {}), history=history)
         result.source = directory

@@ -65,6 +65,14 @@ def test_save_load_gives_the_identical_front(tmp_path):
     np.testing.assert_array_equal(result.history["loss"], loaded.history["loss"])
 
 
+def test_save_load_restores_the_solver_state(tmp_path):
+    result = solve("zdt1", solver="tchebycheff", steps=3, progress=False, solver_kwargs={"ideal": None})
+    state = result.solver.state_dict()
+    assert state["running_min"] is not None and len(state["running_min"]) == 2  # a tracked ideal point
+    loaded = ParetoSetResult.load(result.save(tmp_path / "run"))
+    assert loaded.solver.state_dict() == state
+
+
 @pytest.mark.parametrize("name", ["config.json", "model.safetensors", "history.safetensors"])
 def test_missing_or_corrupt_run_files_are_named(tmp_path, name):
     solve("zdt1", steps=2, progress=False).save(tmp_path / "run")

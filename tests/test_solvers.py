@@ -129,7 +129,7 @@ def test_gram_solvers_are_well_defined_for_zero_gradients_and_one_objective(name
 def test_epo_falls_back_to_relaxed_lp_then_ls_weights_and_counts_it(monkeypatch):
     from mooframe.solvers import epo
 
-    monkeypatch.setattr(epo._EPOPrograms, "_solve", lambda self, problem: None)
+    monkeypatch.setattr(epo.HighsLPs, "solve", lambda self, kind, lp: None)
     solver = EPO()
     solver.reset(2)
     pref = torch.tensor([0.25, 0.75])
@@ -150,6 +150,83 @@ def test_epo_backends_reach_the_same_lp_optimum(mode_losses):
     balance = highs.stats()["balance"] == 1
     direction = gram @ adjustment(pref, losses) if balance else gram.sum(0)
     assert w_highs @ direction == pytest.approx(w_osqp @ direction, rel=1e-4, abs=1e-6)
+
+
+def _reference_epo(losses: np.ndarray, pref: np.ndarray, gram: np.ndarray, eps: float = 1e-4) -> tuple:
+    """EPO's LPs written out in cvxpy as in the paper, rebuilt every call and solved by Clarabel (interior point).
+
+    Returns (balance mode?, fallbacks taken, alpha, optimal value, objective(v), slacks(v)): the LP that gave alpha
+    maximizes objective(v) on the simplex s.t. every entry of slacks(v) >= 0.
+    """
+    import cvxpy as cp
+
+    n, c, rl, slack = len(losses), gram / np.abs(gram).max(), pref * losses, 1e-6
+    ca, x = c @ adjustment(pref, losses), cp.Variable(n)
+    balance = non_uniformity(rl) > eps
+    descent = (lambda v: np.ones(n) @ (c @ v), lambda v: [c @ v + slack])
+    if not balance:
+        lp = (descent[0], lambda v: [ca @ v - min(ca.max(), 0) + slack, c @ v + slack])
+    elif (ca <= 0).all():
+        lp = (lambda v: ca @ v, lambda v: [c @ v + slack])
+    else:
+        keep, rhs = (ca <= 0) | (rl == rl.max()), np.where(rl == rl.max(), 0.0, ca)
+        lp = (lambda v: ca @ v, lambda v: [c[keep] @ v - rhs[keep] + slack])
+    for fallbacks, (objective, slacks) in enumerate((lp, descent)):
+        problem = cp.Problem(cp.Maximize(objective(x)), [x >= 0, cp.sum(x) == 1, *(g >= 0 for g in slacks(x))])
+        problem.solve(solver="CLARABEL", tol_gap_abs=1e-12, tol_gap_rel=1e-12, tol_feas=1e-12)
+        if problem.status == cp.OPTIMAL:
+            return balance, fallbacks, x.value, problem.value, objective, slacks
+    return balance, 2, pref, None, None, None
+
+
+@pytest.mark.parametrize("n", [2, 3, 8])
+@pytest.mark.parametrize("on_ray", [False, True])  # balance mode (losses off the ray), descent mode (on it)
+def test_epo_highs_path_matches_the_cvxpy_formulation(n, on_ray):
+    rng = np.random.default_rng(n)
+    solver = EPO()  # one solver for all draws: the persistent HiGHS models are updated in place
+    for rank in [n, n, n, max(n // 2, 1), 1]:  # rank-deficient ones included
+        gram = _random_gram(n, rank, rng)
+        pref = rng.dirichlet(np.ones(n))
+        losses = (1 + rng.uniform(-1e-5, 1e-5, n)) / pref if on_ray else rng.uniform(0.5, 2.0, n)
+        before = solver.stats()
+        alpha = solver.weights(*map(torch.tensor, (losses, pref, gram))).numpy()
+        balance, fallbacks, expected, value, objective, slacks = _reference_epo(losses, pref, gram)
+        counts = {k: solver.stats()[k] - before[k] for k in before}
+        assert counts["balance" if balance else "descent"] == 1
+        assert (counts["relaxed_fallbacks"], counts["ls_fallbacks"]) == (min(fallbacks, 1), int(fallbacks == 2))
+        if value is None:
+            np.testing.assert_array_equal(alpha, pref)
+            continue
+        assert objective(alpha) == pytest.approx(value, abs=1e-8)
+        assert min(np.min(g) for g in slacks(alpha)) >= -1e-9
+        if rank == n:  # the optimal alpha is unique (a vertex); rank-deficient C may have a face of optima
+            np.testing.assert_allclose(alpha, expected, atol=1e-5)
+
+
+def test_epo_infeasible_descent_lp_falls_back_to_the_relaxed_lp():
+    grads = np.array([[0.329, -0.259], [1.583, 1.32], [0.633, -2.204]])
+    pref, losses = np.array([0.24, 0.58, 0.18]), np.array([4.178, 1.7241, 5.5531])  # near the ray: descent mode
+    balance, fallbacks, expected, *_ = _reference_epo(losses, pref, grads @ grads.T)
+    assert (balance, fallbacks) == (False, 1)  # no alpha on the simplex has alpha^T C a >= 0 and C alpha >= 0
+    solver = EPO()
+    alpha = solver.weights(*map(torch.tensor, (losses, pref, grads @ grads.T))).numpy()
+    assert solver.stats() == {"balance": 0, "descent": 1, "relaxed_fallbacks": 1, "ls_fallbacks": 0, "inaccurate": 0}
+    np.testing.assert_allclose(alpha, expected, atol=1e-7)
+
+
+def test_epo_prints_nothing_to_stdout():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = (
+        "import torch; from mooframe.solvers.epo import EPO\n"
+        "for backend in ('highs', 'osqp'):\n"
+        "    EPO(backend=backend).weights(torch.tensor([1.0, 3.0]), torch.tensor([0.5, 0.5]), torch.eye(2))\n"
+    )
+    root = Path(__file__).resolve().parents[1]  # the checkout under test, first on the child's sys.path
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root)
+    assert run.stdout == ""
 
 
 def test_tchebycheff_weights_are_the_gradient_of_the_scalarization():
