@@ -116,6 +116,13 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
     print(f"\nwrote report.md, report.json, fronts.png and one front.csv per run to {args.out}")
 
 
+def _cmd_demo(args: argparse.Namespace) -> None:
+    from mooframe.demo import run_demo
+
+    report = run_demo(args.out, steps=args.steps, seed=args.seed, progress=not args.quiet)
+    print(f"report written to {report}")
+
+
 def _cmd_list(args: argparse.Namespace) -> None:
     from mooframe.registry import registered
 
@@ -183,6 +190,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("--quiet", action="store_true", help="no progress bar")
     evaluate.set_defaults(run=_cmd_evaluate)
+
+    demo = commands.add_parser("demo", help="PWE-MoE vs merging baselines on multi-task digits: report and plots")
+    demo.add_argument("--out", default="runs/demo", help="report directory (default runs/demo)")
+    demo.add_argument("--steps", type=int, default=1000, help="training steps per PWE-MoE run")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--quiet", action="store_true", help="no progress bars")
+    demo.set_defaults(run=_cmd_demo)
 
     listing = commands.add_parser("list", help="print the registered problems, models and solvers")
     listing.set_defaults(run=_cmd_list)

@@ -19,6 +19,7 @@ PROBLEMS: dict[str, str] = {
     "zdt3": "mooframe.problems.synthetic:ZDT3",
     "dtlz2": "mooframe.problems.synthetic:DTLZ2",
     "vlmop2": "mooframe.problems.synthetic:VLMOP2",
+    "digits": "mooframe.problems.digits:MultiTaskDigits",
     "clip_image_classification": "mooframe.problems.image_classification:CLIPImageClassification",
     "gpt2_glue": "mooframe.problems.text_classification:GLUETextClassification",
 }

@@ -34,3 +34,15 @@ def tiny_merging_problem() -> MergingProblem:
         for _ in range(2)
     ]
     return MergingProblem(pretrained, experts, heads, data, task_names=["a", "b"], batch_size=8)
+
+
+@pytest.fixture(scope="session")
+def digits_cache(tmp_path_factory):
+    """Point $MOOFRAME_CACHE at a session tmp dir (never the user's cache) holding one build of the digits problem."""
+    from mooframe.problems.digits import MultiTaskDigits
+
+    cache = tmp_path_factory.mktemp("mooframe-cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MOOFRAME_CACHE", str(cache))
+        MultiTaskDigits()
+        yield cache

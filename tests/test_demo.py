@@ -1,0 +1,109 @@
+"""The demo's methods on two digits tasks: PWE-MoE against the experts and task arithmetic; the report files."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mooframe.cli import main
+from mooframe.demo import METHODS, expert_front, ray_deviation, run_demo, run_methods
+from mooframe.problems.digits import MultiTaskDigits, torch_threads
+from mooframe.report import compare_fronts
+from mooframe.result import Front
+
+COMPARED = {label: METHODS[label] for label in ("PWE-MoE (LS)", "PWE-MoE (EPO)", "task arithmetic")}
+#: measured at the demo's 1000 steps, seed 0: PWE-MoE (LS) reaches 0.976 and 1.011 of the experts' gain at e_1, e_2
+GAIN_FRACTION = 0.9
+RAYS = [[0.2, 0.8], [0.5, 0.5], [0.8, 0.2]]
+
+
+@pytest.fixture(scope="module")
+def two_tasks(digits_cache):
+    problem = MultiTaskDigits(tasks=["upright", "rotated"])
+    return problem, run_methods(problem, steps=1000, progress=False, methods=COMPARED)
+
+
+def _at_unit_preferences(front: Front) -> np.ndarray:
+    """accuracy[t] of the solution at e_t."""
+    rows = [int(np.flatnonzero(np.isclose(front.prefs[:, t], 1.0))[0]) for t in range(front.prefs.shape[1])]
+    return front.metrics["accuracy"][rows, range(len(rows))]
+
+
+@pytest.mark.slow
+def test_pwe_moe_reaches_most_of_the_experts_gain_at_unit_preferences(two_tasks):
+    problem, runs = two_tasks
+    pretrained = problem.evaluate(problem.pretrained).metrics["accuracy"]
+    experts = _at_unit_preferences(runs["experts"].front)
+    assert np.all(experts > pretrained)
+    fraction = (_at_unit_preferences(runs["PWE-MoE (LS)"].front) - pretrained) / (experts - pretrained)
+    assert np.all(fraction >= GAIN_FRACTION), fraction
+
+
+@pytest.mark.slow
+def test_pwe_moe_has_a_higher_hypervolume_than_task_arithmetic(two_tasks):
+    _, runs = two_tasks
+    comparison = compare_fronts({label: run.front for label, run in runs.items()})
+    hv = {m.label: m.hypervolume.value for m in comparison.methods}
+    assert hv["PWE-MoE (LS)"] > hv["task arithmetic"]
+    assert hv["PWE-MoE (EPO)"] > hv["task arithmetic"]
+
+
+@pytest.mark.slow
+def test_epo_is_at_least_as_close_to_the_preference_rays_as_ls_on_the_training_losses(two_tasks):
+    """EPO steers the training losses onto the rays (measured on the 11-point grid: EPO 0.0071, LS 0.0274)."""
+    problem, runs = two_tasks
+    held_out = problem.test_data
+    problem.test_data = problem.train_data
+    try:
+        with torch_threads(1):  # evaluation of the tiny model: one thread is several times faster than two
+            deviation = {
+                label: ray_deviation(runs[label].result.front(RAYS)) for label in ("PWE-MoE (LS)", "PWE-MoE (EPO)")
+            }
+    finally:
+        problem.test_data = held_out
+    assert deviation["PWE-MoE (EPO)"] <= deviation["PWE-MoE (LS)"]
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="not met on held-out data: measured ray deviation EPO 0.044 > LS 0.014")
+def test_epo_is_at_least_as_close_to_the_preference_rays_as_ls_on_test_losses(two_tasks):
+    _, runs = two_tasks
+    assert ray_deviation(runs["PWE-MoE (EPO)"].front) <= ray_deviation(runs["PWE-MoE (LS)"].front)
+
+
+def test_ray_deviation_is_zero_on_the_rays_and_ignores_the_vertices():
+    prefs = np.array([[1.0, 0.0], [0.25, 0.75], [0.5, 0.5]])
+    on_rays = np.array([[0.1, 5.0], [3.0, 1.0], [2.0, 2.0]])  # r_1 l_1 = r_2 l_2 at the interior preferences
+    front = Front(prefs, on_rays, ["a", "b"], {"loss": on_rays})
+    assert ray_deviation(front) == pytest.approx(0.0, abs=1e-12)
+    off = Front(prefs, on_rays, ["a", "b"], {"loss": np.array([[0.1, 5.0], [1.0, 1.0], [2.0, 2.0]])})
+    l_hat = np.array([0.25, 0.75])  # r * l at (0.25, 0.75), normalized
+    assert ray_deviation(off) == pytest.approx(np.sum(l_hat * np.log(2 * l_hat)) / 2)
+
+
+def test_expert_front_puts_expert_t_at_e_t(two_tasks):
+    problem, runs = two_tasks
+    front = expert_front(problem)
+    np.testing.assert_array_equal(front.prefs, np.eye(2))
+    assert front.objectives[0, 0] < front.objectives[1, 0] and front.objectives[1, 1] < front.objectives[0, 1]
+    np.testing.assert_allclose(front.objectives, 1 - front.metrics["accuracy"])
+
+
+def test_demo_writes_the_report_and_plots(digits_cache, tmp_path):
+    report_path = run_demo(tmp_path, steps=0, progress=False, methods={"TA": METHODS["task arithmetic"]})
+    report = report_path.read_text()
+    for section in ("## 2 tasks: upright, rotated", "## 3 tasks: upright, rotated, inverted"):
+        assert section in report
+    assert report.count("| TA | e1 |") == 2 and report.count("| experts | e1 |") == 2
+    for folder in ("two_tasks", "three_tasks"):
+        assert f"![fronts]({folder}/fronts.png)" in report
+        png = (tmp_path / folder / "fronts.png").read_bytes()
+        assert png.startswith(b"\x89PNG") and len(png) > 10_000
+
+
+def test_demo_command_passes_its_options(monkeypatch, tmp_path, capsys):
+    calls = []
+    monkeypatch.setattr("mooframe.demo.run_demo", lambda out, **kwargs: calls.append((out, kwargs)) or tmp_path)
+    assert main(["demo", "--out", "somewhere", "--steps", "7", "--seed", "3", "--quiet"]) == 0
+    assert calls == [("somewhere", {"steps": 7, "seed": 3, "progress": False})]
+    assert f"report written to {tmp_path}" in capsys.readouterr().out
