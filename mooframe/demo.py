@@ -1,6 +1,7 @@
 """`mooframe demo`: PWE-MoE (LS and EPO) against merging baselines on multi-task digits, in one report.
 
-On 2 and 3 of the digits tasks it trains PWE-MoE with linear scalarization and with EPO, evaluates them beside
+On 2 and 3 of the digits tasks it trains PWE-MoE with linear scalarization and with EPO, and Pareto Merging with
+smooth Tchebycheff (with its base merge alone beside it), evaluates them beside
 preference-weighted task arithmetic, TIES, the individual experts and one LS fine-tuned model per ray (K = 5),
 and writes report.md with HV, accuracies at the unit and equal preferences, trainable parameters, wall time
 and peak memory per method, and a plot of the fronts per task count.
