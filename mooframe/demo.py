@@ -1,6 +1,7 @@
 """`mooframe demo`: PWE-MoE (LS and EPO) against merging baselines on multi-task digits, in one report.
 
-On 2 and 3 of the digits tasks it trains PWE-MoE with linear scalarization and with EPO, evaluates them beside
+On 2 and 3 of the digits tasks it trains PWE-MoE with linear scalarization and with EPO, and Pareto Merging with
+smooth Tchebycheff (with its base merge alone beside it), evaluates them beside
 preference-weighted task arithmetic, TIES, the individual experts and one LS fine-tuned model per ray (K = 5),
 and writes report.md with HV, accuracies at the unit and equal preferences, trainable parameters, wall time
 and peak memory per method, and a plot of the fronts per task count.
@@ -35,6 +36,8 @@ METHODS: dict[str, tuple[str, str, dict[str, Any], dict[str, Any]]] = {
     "task arithmetic": ("task_arithmetic", "ls", {}, {"steps": 0}),
     "TIES": ("ties", "ls", {}, {"steps": 0}),
     "per-ray LS (K=5)": ("per_ray", "ls", {"rays": 5}, {"lr": 1e-3}),
+    "Pareto Merging (STCH)": ("pareto_merging", "smooth_tchebycheff", {"rank": 4}, {}),
+    "Pareto Merging base merge": ("pareto_merging", "ls", {"rank": 0}, {"steps": 0}),
 }
 TASK_COUNTS = {"two_tasks": 2, "three_tasks": 3}
 #: Dirichlet concentration of the training preferences. The paper's alpha = 1 rarely draws preferences near the

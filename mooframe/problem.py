@@ -75,7 +75,7 @@ class Problem(ABC):
         return {"name": self.registry_name, "kwargs": get_params(self)}
 
 
-TASK_OBJECTIVES = ("cross_entropy", "entropy")
+TASK_OBJECTIVES = ("cross_entropy", "entropy", "weight_distance")
 
 
 class MergingProblem(Problem):
@@ -93,7 +93,8 @@ class MergingProblem(Problem):
         train_data: T datasets of (inputs, label) pairs used for the training losses.
         test_data: T datasets of (inputs, label) pairs for `evaluate` (defaults to `train_data`).
         task_names: T short names (default task1, ..., taskT).
-        objective: "cross_entropy" on labels, or "entropy" of the predictions (unlabeled, test-time merging).
+        objective: "cross_entropy" on labels, "entropy" of the predictions (unlabeled, test-time merging), or
+            "weight_distance" ||theta - theta_t||^2 to expert t (data-free; Chen & Kwok, Pareto Merging).
         batch_size: examples per task per training step.
         eval_batch_size: examples per forward pass in `evaluate`.
         upscale_presets: named lists of regular expressions that select the up-scalable modules by name
@@ -171,6 +172,8 @@ class MergingProblem(Problem):
         return self.heads[task](features)
 
     def losses(self, solution: Callable[..., torch.Tensor], batch: list[tuple[Any, torch.Tensor]]) -> torch.Tensor:
+        if self.objective == "weight_distance":
+            return expert_distances(solution_parameters(solution), self.expert_states)
         values = []
         for task, (inputs, labels) in enumerate(batch):
             logits = self.logits(solution, task, inputs)
@@ -200,6 +203,31 @@ def prediction_entropy(logits: torch.Tensor) -> torch.Tensor:
     """Mean Shannon entropy of softmax(logits) over the batch (the AdaMerging test-time objective)."""
     log_probs = F.log_softmax(logits, dim=-1)
     return -(log_probs.exp() * log_probs).sum(-1).mean()
+
+
+def solution_parameters(solution: Any) -> dict[str, torch.Tensor]:
+    """The parameters theta of a solution by name: a module's, or a `FunctionalModel`'s `params` over its module's
+    own (names `params` lacks fall back to the module's, as `functional_call` does)."""
+    if isinstance(solution, nn.Module):
+        return dict(solution.named_parameters())
+    if isinstance(getattr(solution, "module", None), nn.Module) and isinstance(getattr(solution, "params", None), dict):
+        return {**dict(solution.module.named_parameters()), **solution.params}
+    raise ValueError(
+        f"the weight_distance objective needs a solution with parameters (an nn.Module or a FunctionalModel), "
+        f"got {type(solution).__name__}"
+    )
+
+
+def expert_distances(
+    params: Mapping[str, torch.Tensor], expert_states: Sequence[Mapping[str, torch.Tensor]]
+) -> torch.Tensor:
+    """Squared Euclidean distances ||theta - theta_t||^2 to each expert, over the experts' parameter names, shape (T,).
+
+    The data-free objectives of Pareto Merging (Chen & Kwok, ICML 2025): no data, only the experts' weights.
+    """
+    return torch.stack(
+        [sum(((params[name] - value) ** 2).sum() for name, value in state.items()) for state in expert_states]
+    )
 
 
 def _frozen(module: nn.Module) -> nn.Module:

@@ -30,6 +30,7 @@ MODELS: dict[str, str] = {
     "task_arithmetic": "mooframe.models.task_arithmetic:PreferenceTaskArithmetic",
     "ties": "mooframe.models.task_arithmetic:PreferenceTIES",
     "per_ray": "mooframe.models.per_ray:PerRayModels",
+    "pareto_merging": "mooframe.models.pareto_merging:ParetoMerging",
 }
 
 SOLVERS: dict[str, str] = {
