@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import copy
+import re
 from abc import abstractmethod
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -103,3 +104,40 @@ class LinearMergingModel(MergingModel):
         for name, group in self.groups.items():
             merged[name] = add_weighted(self.base[name], self.vectors[name], coefficients[group])
         return merged
+
+
+def upscaled_modules(problem: MergingProblem, upscale: str | Sequence[str]) -> dict[str, list[str]]:
+    """The backbone's modules whose names fully match one of the patterns, with their parameter names.
+
+    `upscale` is a preset name of `problem.upscale_presets` or a list of regular expressions. A module inside
+    an already selected one is not selected again.
+    """
+    if isinstance(upscale, str):
+        if upscale not in problem.upscale_presets:
+            known = ", ".join(problem.upscale_presets) or "none"
+            raise ValueError(
+                f"unknown up-scaling preset {upscale!r} (this problem's presets: {known}); "
+                "pass a preset name or a list of module-name regular expressions"
+            )
+        upscale = problem.upscale_presets[upscale]
+    try:
+        patterns = [re.compile(pattern) for pattern in upscale]
+    except re.error as error:
+        raise ValueError(f"invalid module-name pattern in {list(upscale)}: {error}") from error
+    selected: dict[str, list[str]] = {}
+    claimed: set[str] = set()
+    for name, module in problem.pretrained.named_modules():
+        if not any(p.fullmatch(name) for p in patterns):
+            continue
+        params = [f"{name}.{p}" if name else p for p, _ in module.named_parameters()]
+        params = [p for p in params if p not in claimed]
+        if params:
+            selected[name] = params
+            claimed.update(params)
+    if not selected:
+        examples = [name for name, _ in problem.pretrained.named_modules() if name][:8]
+        raise ValueError(
+            f"the up-scaling patterns {list(upscale)} match no module with parameters; "
+            f"module names look like {examples}"
+        )
+    return selected

@@ -9,8 +9,7 @@ import torch
 from torch import nn
 
 from mooframe.merging import add_weighted, stack_task_vectors, task_arithmetic, task_vectors, ties_merging
-from mooframe.models.merging import MergingModel, TensorDict
-from mooframe.models.pwe_moe import upscaled_modules
+from mooframe.models.merging import MergingModel, TensorDict, upscaled_modules
 from mooframe.problem import MergingProblem
 
 BASES = ("task_arithmetic", "ties", "adamerging")

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 
 import torch
 from torch import nn
 
-from mooframe.models.merging import LinearMergingModel, require_merging_problem
-from mooframe.problem import MergingProblem, Problem
+from mooframe.models.merging import LinearMergingModel, require_merging_problem, upscaled_modules
+from mooframe.problem import Problem
 
 
 class PWEMoE(LinearMergingModel):
@@ -56,40 +55,3 @@ def router(n_tasks: int, scaling: float) -> nn.Sequential:
     nn.init.zeros_(layers[0].bias)
     nn.init.constant_(layers[2].bias, scaling)
     return layers
-
-
-def upscaled_modules(problem: MergingProblem, upscale: str | Sequence[str]) -> dict[str, list[str]]:
-    """The backbone's modules whose names fully match one of the patterns, with their parameter names.
-
-    `upscale` is a preset name of `problem.upscale_presets` or a list of regular expressions. A module inside
-    an already selected one is not selected again.
-    """
-    if isinstance(upscale, str):
-        if upscale not in problem.upscale_presets:
-            known = ", ".join(problem.upscale_presets) or "none"
-            raise ValueError(
-                f"unknown up-scaling preset {upscale!r} (this problem's presets: {known}); "
-                "pass a preset name or a list of module-name regular expressions"
-            )
-        upscale = problem.upscale_presets[upscale]
-    try:
-        patterns = [re.compile(pattern) for pattern in upscale]
-    except re.error as error:
-        raise ValueError(f"invalid module-name pattern in {list(upscale)}: {error}") from error
-    selected: dict[str, list[str]] = {}
-    claimed: set[str] = set()
-    for name, module in problem.pretrained.named_modules():
-        if not any(p.fullmatch(name) for p in patterns):
-            continue
-        params = [f"{name}.{p}" if name else p for p, _ in module.named_parameters()]
-        params = [p for p in params if p not in claimed]
-        if params:
-            selected[name] = params
-            claimed.update(params)
-    if not selected:
-        examples = [name for name, _ in problem.pretrained.named_modules() if name][:8]
-        raise ValueError(
-            f"the up-scaling patterns {list(upscale)} match no module with parameters; "
-            f"module names look like {examples}"
-        )
-    return selected
