@@ -136,6 +136,8 @@ def solve(
                 logger.warning("step %d: %s; skipped", step, fault)
                 state.skipped_steps += 1
                 weights = torch.full((n_objectives,), float("nan"))
+            # The Gram path retains the step's graph (all T tasks' activations): drop it before the next forward
+            del solution, losses
             schedule.step()
             state.record(global_losses, weights, pref)
             bar.set_postfix_str(" ".join(f"{v:.3g}" for v in state.history["loss"][-1]), refresh=False)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import weakref
+
 import numpy as np
 import pytest
 import torch
@@ -55,6 +57,24 @@ def test_gram_path_gives_the_same_update_as_the_summed_backward():
     gram = solve("zdt2", solver=_GramLS(), steps=15, seed=1, progress=False)
     for a, b in zip(plain.model.parameters(), gram.model.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_gram_path_frees_each_step_graph_before_the_next_forward():
+    """The Gram path retains the step's graph for T backward passes; the next forward must not run beside it."""
+    zdt = type(build_problem("zdt2"))
+
+    class Watched(zdt):
+        previous_alive: list[bool] = []
+        previous = None
+
+        def losses(self, solution, batch):
+            self.previous_alive.append(self.previous is not None and self.previous() is not None)
+            values = super().losses(solution, batch)
+            self.previous = weakref.ref(values)
+            return values
+
+    solve(Watched(), solver=_GramLS(), steps=3, progress=False)
+    assert Watched.previous_alive == [False, False, False]
 
 
 def test_save_load_gives_the_identical_front(tmp_path):
