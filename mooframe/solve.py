@@ -175,8 +175,8 @@ def _backward(
         distributed.mean_gradients(params)
         return weights
     # Parameters no loss depends on keep .grad None, as in the summed backward, so that momentum leaves them be.
-    params = parameters_reached(losses, params)
-    grads = distributed.mean(per_task_gradients(losses, params))
+    grads, params = per_task_gradients(losses, params)
+    grads = distributed.mean(grads)
     bad = ~torch.isfinite(grads).all(dim=1)
     if bad.any():  # before the solver sees a NaN Gram matrix
         raise _NonFinite(f"non-finite gradient of objective(s) {_names(bad, objective_names)}")
@@ -185,20 +185,28 @@ def _backward(
     return weights
 
 
-def per_task_gradients(losses: torch.Tensor, params: list[torch.nn.Parameter]) -> torch.Tensor:
-    """The T x P matrix whose row t is the gradient of loss t with respect to `params`, flattened."""
-    rows = []
+def per_task_gradients(
+    losses: torch.Tensor, params: list[torch.nn.Parameter]
+) -> tuple[torch.Tensor, list[torch.nn.Parameter]]:
+    """The T x P matrix whose row t is the gradient of loss t, flattened, over the parameters some loss reaches.
+
+    Returns the matrix and those parameters (in order); parameters no loss depends on get no column.
+    """
+    per_task = []
     for output in _task_outputs(losses):
         grads = (None,) * len(params)
         if output is not None:
             seed = torch.ones((), dtype=losses.dtype, device=losses.device)
             grads = torch.autograd.grad(output, params, seed, retain_graph=True, allow_unused=True)
-        rows.append(
-            torch.cat(
-                [(g if g is not None else torch.zeros_like(p)).flatten() for g, p in zip(grads, params, strict=True)]
-            )
-        )
-    return torch.stack(rows)
+        per_task.append(grads)
+    reached = [i for i in range(len(params)) if any(grads[i] is not None for grads in per_task)]
+    rows = [
+        torch.cat([(g[i] if g[i] is not None else torch.zeros_like(params[i])).flatten() for i in reached])
+        if reached
+        else losses.new_zeros(0)
+        for g in per_task
+    ]
+    return torch.stack(rows), [params[i] for i in reached]
 
 
 def _task_outputs(losses: torch.Tensor) -> list[torch.Tensor | GradientEdge | None]:
@@ -211,20 +219,6 @@ def _task_outputs(losses: torch.Tensor) -> list[torch.Tensor | GradientEdge | No
     if node is not None and node.name() == "StackBackward0" and len(node.next_functions) == losses.numel():
         return [GradientEdge(child, nr) if child is not None else None for child, nr in node.next_functions]
     return [losses[t] if losses.requires_grad else None for t in range(losses.numel())]
-
-
-def parameters_reached(output: torch.Tensor, params: list[torch.nn.Parameter]) -> list[torch.nn.Parameter]:
-    """The entries of `params` that `output` depends on, found by walking its autograd graph (no computation)."""
-    leaves, seen, stack = set(), set(), [output.grad_fn]
-    while stack:
-        node = stack.pop()
-        if node is None or node in seen:
-            continue
-        seen.add(node)
-        if hasattr(node, "variable"):
-            leaves.add(id(node.variable))
-        stack.extend(child for child, _ in node.next_functions)
-    return [p for p in params if id(p) in leaves]
 
 
 def assign_flat_gradient(params: list[torch.nn.Parameter], flat: torch.Tensor) -> None:

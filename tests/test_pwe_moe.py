@@ -283,7 +283,7 @@ def test_gram_path_runs_each_task_backward_once(problem):
     solution = model(torch.tensor([0.5, 0.5]))
     batch = next(problem.batches(np.random.default_rng(0)))
     per_task = [nn.functional.cross_entropy(heads[t](solution(x)), y) for t, (x, y) in enumerate(batch)]
-    rows = per_task_gradients(torch.stack(per_task), model.trainable_parameters())
+    rows, _ = per_task_gradients(torch.stack(per_task), model.trainable_parameters())
     for hook in hooks:
         hook.remove()
     assert calls == [1, 1]
