@@ -14,7 +14,6 @@ import json
 import re
 import shutil
 import signal
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -26,6 +25,7 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
+from mooframe.atomic import staged_directory
 from mooframe.pareto_set import ParetoSetModel
 from mooframe.result import read_json, read_safetensors
 from mooframe.solver import Solver
@@ -67,16 +67,10 @@ class TrainingState:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         target = directory / f"step-{self.step:08d}"
-        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=directory))
-        try:
+        with staged_directory(target) as staging:
             tensors, json_state = self._snapshot(params)
             save_file(tensors, str(staging / TENSORS_FILE))
             (staging / STATE_FILE).write_text(json.dumps(json_state, indent=1))
-            shutil.rmtree(target, ignore_errors=True)
-            staging.rename(target)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
         for old in checkpoint_folders(directory):
             if old != target:
                 shutil.rmtree(old, ignore_errors=True)

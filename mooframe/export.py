@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import copy
 import json
-import shutil
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +22,8 @@ from safetensors.torch import save_file
 from torch import nn
 
 from mooframe.adapters import Backbone
+from mooframe.atomic import staged_directory
 from mooframe.pareto_set import FunctionalModel
-from mooframe.result import replace_directory
 
 CARD_FILE = "mooframe_card.json"
 CARD_FORMAT = "mooframe-export/1"
@@ -44,18 +42,11 @@ def export_solution(solution: Any, path: str | Path, card: dict[str, Any], force
         raise ValueError(f"{path} is a file; pass a directory path for the export")
     if path.exists() and not force:
         raise ValueError(f"{path} already exists; pass force=True (--force) to replace it, or choose another path")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.partial")
-    staging.mkdir()  # not mkdtemp: the export gets the umask's permissions, not 0700
-    try:
+    with staged_directory(path) as staging:
         family = write_checkpoint(solution, staging)
         card = {"format": CARD_FORMAT, "family": family, **card}
         (staging / CARD_FILE).write_text(json.dumps(card, indent=2))
         _share_like_directory(staging)
-        replace_directory(staging, path)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return path
 
 

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import shutil
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +15,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from mooframe.atomic import staged_directory
 from mooframe.pareto_set import ParetoSetModel
 from mooframe.preferences import PreferenceLike, check_preference, uniform_grid
 from mooframe.problem import Problem
@@ -109,9 +107,7 @@ class ParetoSetResult:
         interrupted save never leaves a half-written run behind.
         """
         directory = Path(directory)
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-        try:
+        with staged_directory(directory) as staging:
             config = {
                 "format": FORMAT,
                 "problem": self.problem.spec(),
@@ -126,10 +122,6 @@ class ParetoSetResult:
             save_file(state, str(staging / MODEL_FILE))
             history = {k: torch.as_tensor(np.asarray(v, dtype=np.float64)) for k, v in self.history.items()}
             save_file(history, str(staging / HISTORY_FILE))
-            replace_directory(staging, directory)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
         return directory
 
     @classmethod
@@ -214,18 +206,6 @@ class ParetoSetResult:
             "source_run": None if self.source is None else str(self.source.resolve()),
         }
         return export_solution(solution, path, card, force=force)
-
-
-def replace_directory(staging: Path, directory: Path) -> None:
-    """Move `staging` to `directory`, replacing an existing run only once the new one is complete."""
-    if directory.exists():
-        backup = directory.with_name(f".{directory.name}.old")
-        shutil.rmtree(backup, ignore_errors=True)
-        os.replace(directory, backup)
-        os.replace(staging, directory)
-        shutil.rmtree(backup, ignore_errors=True)
-    else:
-        os.replace(staging, directory)
 
 
 def _by_task(names: list[str], values: PreferenceLike) -> dict[str, float]:
