@@ -86,7 +86,7 @@ class Comparison:
 
     def text(self) -> str:
         """The comparison as plain-text tables for the terminal."""
-        return "\n\n".join([self._preamble(), _text_table(*self.summary_rows()), _text_table(*self.preference_rows())])
+        return "\n\n".join([self._preamble(), text_table(*self.summary_rows()), text_table(*self.preference_rows())])
 
     def markdown(self, title: str = "Pareto front comparison") -> str:
         """The comparison as a Markdown report."""
@@ -330,7 +330,8 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-def _text_table(header: list[str], rows: list[list[str]]) -> str:
+def text_table(header: list[str], rows: list[list[str]]) -> str:
+    """A plain-text table: the header, a rule, then the rows, columns padded to their widest cell."""
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
     lines = [header, ["-" * w for w in widths], *rows]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)) for line in lines)

@@ -17,9 +17,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-import moocore
 import numpy as np
 
+from mooframe.indicators import non_dominated
+from mooframe.report import text_table
 from mooframe.result import Front
 
 RULE_KINDS = ("pref", "min", "max", "knee", "ideal")
@@ -222,14 +223,13 @@ def format_points(front: Front, rows: np.ndarray, labels: list[str]) -> str:
     """A plain-text table of the given rows: label, preference, objectives, then each metric per task."""
     names = front.objective_names
     header = ["", "pref", *names, *(f"{m}[{n}]" for m in front.metrics for n in names)]
-    table = [header]
+    table = []
     for label, row in zip(labels, rows, strict=False):
         cells = [label, ",".join(f"{v:.3g}" for v in front.prefs[row])]
         cells += [f"{v:.4g}" for v in front.objectives[row]]
         cells += [f"{v:.4g}" for values in front.metrics.values() for v in values[row]]
         table.append(cells)
-    widths = [max(len(line[i]) for line in table) for i in range(len(header))]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip() for line in table)
+    return text_table(header, table)
 
 
 def _parse_constraint(text: str) -> Constraint:
@@ -292,7 +292,7 @@ def _checked_point(point: tuple[float, ...], reference: np.ndarray) -> np.ndarra
 
 def _normalization(objectives: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Ideal point and nadir - ideal (1 where flat) of the non-dominated points."""
-    nondominated = objectives[moocore.is_nondominated(objectives)]
+    nondominated = objectives[non_dominated(objectives)]
     lower = nondominated.min(axis=0)
     spread = nondominated.max(axis=0) - lower
     return lower, np.where(spread > 0, spread, 1.0)
