@@ -12,6 +12,7 @@ import torch
 
 from mooframe.solver import Solver
 from mooframe.solvers.gram import check_gram
+from mooframe.solvers.simplex import simplex_lp
 
 _TINY = 1e-12
 # Constraint slack, relative to C scaled to unit max entry: float32 gradients give C with relative rounding ~1e-7,
@@ -46,13 +47,13 @@ class EPO(Solver):
 
     needs_gram = True
 
-    def __init__(self, eps: float = 1e-4, backend: str = "highs") -> None:
+    def __init__(self, eps: float = 1e-4, backend: str = "simplex") -> None:
         if not eps > 0:
             raise ValueError(f"eps must be > 0, got {eps}")
         if backend not in BACKENDS:
             raise ValueError(f"unknown EPO backend {backend!r}; pass one of {', '.join(BACKENDS)}")
         self.eps, self.backend = eps, backend
-        self._lps: HighsLPs | CvxpyLPs | None = None
+        self._lps: SimplexLPs | HighsLPs | CvxpyLPs | None = None
         self._counts = dict.fromkeys(("balance", "descent", "relaxed_fallbacks", "ls_fallbacks"), 0)
 
     def reset(self, n_objectives: int) -> None:
@@ -140,6 +141,17 @@ def relaxed_lp(c: np.ndarray) -> LP:
     return LP(c.sum(0), c, np.full(len(c), -_SLACK))
 
 
+class SimplexLPs:
+    """EPO's LPs solved by `simplex_lp`, a dense simplex method written for these tiny LPs (no solver library)."""
+
+    inaccurate = 0  # the simplex method returns an optimal vertex or None, never an inaccurate solution
+
+    def solve(self, kind: str, lp: LP) -> np.ndarray | None:
+        """The LP's optimal alpha, or None if it is infeasible; `kind` is not needed (nothing is kept between LPs)."""
+        alpha = simplex_lp(*lp)
+        return None if alpha is None else _on_simplex(alpha)
+
+
 class HighsLPs:
     """EPO's LPs solved by HiGHS directly: one persistent model per LP kind, its objective and rows replaced in
     place each solve, so the dual simplex restarts from the previous basis."""
@@ -209,7 +221,7 @@ class CvxpyLPs:
         return None if alpha.value is None else _on_simplex(alpha.value)
 
 
-BACKENDS = {"highs": HighsLPs, "osqp": CvxpyLPs}
+BACKENDS = {"simplex": SimplexLPs, "highs": HighsLPs, "osqp": CvxpyLPs}
 
 
 def _on_simplex(alpha: np.ndarray) -> np.ndarray | None:
