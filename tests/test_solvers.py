@@ -11,7 +11,7 @@ from mooframe.pareto_set import ParetoSetModel
 from mooframe.problem import Problem
 from mooframe.registry import SOLVERS, build_solver
 from mooframe.solver import Solver
-from mooframe.solvers.epo import EPO, adjustment, non_uniformity
+from mooframe.solvers.epo import BACKENDS, EPO, adjustment, non_uniformity
 from mooframe.solvers.ls import LinearScalarization
 from mooframe.solvers.mgda import min_norm_weights
 from mooframe.solvers.smooth_tchebycheff import SmoothTchebycheff
@@ -129,7 +129,7 @@ def test_gram_solvers_are_well_defined_for_zero_gradients_and_one_objective(name
 def test_epo_falls_back_to_relaxed_lp_then_ls_weights_and_counts_it(monkeypatch):
     from mooframe.solvers import epo
 
-    monkeypatch.setattr(epo.HighsLPs, "solve", lambda self, kind, lp: None)
+    monkeypatch.setattr(epo.SimplexLPs, "solve", lambda self, kind, lp: None)  # the default backend
     solver = EPO()
     solver.reset(2)
     pref = torch.tensor([0.25, 0.75])
@@ -143,13 +143,14 @@ def test_epo_backends_reach_the_same_lp_optimum(mode_losses):
     rng = np.random.default_rng(0)
     gram = _random_gram(2, 5, rng)
     losses, pref = np.array(mode_losses), np.array([0.2, 0.8])
-    highs, osqp = EPO(backend="highs"), EPO(backend="osqp")
-    w_highs, w_osqp = (s.weights(*map(torch.tensor, (losses, pref, gram))).numpy() for s in (highs, osqp))
-    assert highs.stats() == osqp.stats()
+    solvers = {backend: EPO(backend=backend) for backend in BACKENDS}
+    w = {backend: s.weights(*map(torch.tensor, (losses, pref, gram))).numpy() for backend, s in solvers.items()}
+    assert solvers["simplex"].stats() == solvers["highs"].stats() == solvers["osqp"].stats()
     # the LP optimum value is unique even where the optimal weights are not
-    balance = highs.stats()["balance"] == 1
+    balance = solvers["simplex"].stats()["balance"] == 1
     direction = gram @ adjustment(pref, losses) if balance else gram.sum(0)
-    assert w_highs @ direction == pytest.approx(w_osqp @ direction, rel=1e-4, abs=1e-6)
+    assert w["simplex"] @ direction == pytest.approx(w["highs"] @ direction, rel=1e-9, abs=1e-12)
+    assert w["simplex"] @ direction == pytest.approx(w["osqp"] @ direction, rel=1e-4, abs=1e-6)
 
 
 def _reference_epo(losses: np.ndarray, pref: np.ndarray, gram: np.ndarray, eps: float = 1e-4) -> tuple:
@@ -179,11 +180,12 @@ def _reference_epo(losses: np.ndarray, pref: np.ndarray, gram: np.ndarray, eps: 
     return balance, 2, pref, None, None, None
 
 
+@pytest.mark.parametrize("backend", ["simplex", "highs"])
 @pytest.mark.parametrize("n", [2, 3, 8])
 @pytest.mark.parametrize("on_ray", [False, True])  # balance mode (losses off the ray), descent mode (on it)
-def test_epo_highs_path_matches_the_cvxpy_formulation(n, on_ray):
+def test_epo_lps_match_the_cvxpy_formulation(backend, n, on_ray):
     rng = np.random.default_rng(n)
-    solver = EPO()  # one solver for all draws: the persistent HiGHS models are updated in place
+    solver = EPO(backend=backend)  # one solver for all draws: HiGHS's persistent models are updated in place
     for rank in [n, n, n, max(n // 2, 1), 1]:  # rank-deficient ones included
         gram = _random_gram(n, rank, rng)
         pref = rng.dirichlet(np.ones(n))
@@ -220,8 +222,8 @@ def test_epo_prints_nothing_to_stdout():
     from pathlib import Path
 
     code = (
-        "import torch; from mooframe.solvers.epo import EPO\n"
-        "for backend in ('highs', 'osqp'):\n"
+        "import torch; from mooframe.solvers.epo import BACKENDS, EPO\n"
+        "for backend in BACKENDS:\n"
         "    EPO(backend=backend).weights(torch.tensor([1.0, 3.0]), torch.tensor([0.5, 0.5]), torch.eye(2))\n"
     )
     root = Path(__file__).resolve().parents[1]  # the checkout under test, first on the child's sys.path
