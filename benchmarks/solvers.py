@@ -2,11 +2,13 @@
 
 For T in {2, 3, 8}, on random Gram matrices G G^T (gradients of dimension 100):
 - EPO: one weights() call, in both LP modes (balance: losses off the ray; descent: on it), with the LPs solved
-  by a persistent HiGHS model (highspy, the default), by HiGHS through cvxpy compiled once per shape, by HiGHS
-  through cvxpy rebuilt (so recompiled) every call, and by OSQP through cvxpy compiled once; "LP ms" is the time
-  HiGHS itself reports inside cvxpy, the rest of a cvxpy call is cvxpy's per-call work.
-- EPO backends in training: ZDT2 with the hypernetwork (hidden 64, 300 steps, lr 1e-2), HiGHS and OSQP in turn,
-  twice each: seconds per run, HV ratio to the true front's, and LP fallbacks.
+  by the dense simplex method (mooframe.solvers.simplex, the default), by a persistent HiGHS model (highspy), by
+  HiGHS through cvxpy compiled once per shape, by HiGHS through cvxpy rebuilt (so recompiled) every call, and by
+  OSQP through cvxpy compiled once; "LP ms" is the time HiGHS itself reports inside cvxpy, the rest of a cvxpy
+  call is cvxpy's per-call work. Agreement: the largest gap between the simplex method's optimal LP value and
+  HiGHS direct's (default tolerances), and HiGHS's at feasibility tolerances 1e-10 (scipy's linprog).
+- EPO backends in training: ZDT2 with the hypernetwork (hidden 64, 300 steps, lr 1e-2), each backend in turn,
+  twice: seconds per run, HV ratio to the true front's, and LP fallbacks.
 - MGDA: the exact min-norm solver vs Frank-Wolfe iterations as in Sener & Koltun's MinNormSolver
   (at most 250 iterations, stop when a step moves the weights by < 1e-5), and Frank-Wolfe's objective gap.
 The timed functions run in turn on each case, so load changes on a shared machine hit them alike.
@@ -22,9 +24,21 @@ from collections.abc import Callable
 import numpy as np
 import torch
 from pymoo.indicators.hv import HV
+from scipy.optimize import linprog
 
 from mooframe import solve
-from mooframe.solvers.epo import BACKENDS, EPO, CvxpyLPs, adjustment, balance_lp, descent_lp, non_uniformity
+from mooframe.solvers.epo import (
+    BACKENDS,
+    EPO,
+    LP,
+    CvxpyLPs,
+    HighsLPs,
+    SimplexLPs,
+    adjustment,
+    balance_lp,
+    descent_lp,
+    non_uniformity,
+)
 from mooframe.solvers.mgda import min_norm_weights
 
 REPEATS = 200
@@ -70,16 +84,45 @@ class CvxpyEPO(EPO):
         return super().weights(losses, pref, gram)
 
 
+def case_lp(losses: torch.Tensor, pref: torch.Tensor, gram: torch.Tensor) -> LP:
+    """The LP EPO solves first for this case (balance or descent)."""
+    r, loss, c = pref.numpy(), losses.numpy(), gram.numpy() / gram.abs().max().item()
+    a = adjustment(r, loss)
+    return balance_lp(c, a, r * loss) if non_uniformity(r * loss) > EPO().eps else descent_lp(c, a)
+
+
 def cvxpy_highs_lp_ms(cases: list[tuple]) -> float:
     """Median time HiGHS reports for the LP (cvxpy's solver_stats.solve_time) of each case, in milliseconds."""
     lps, times = CvxpyLPs("HIGHS"), []
-    for losses, pref, gram in cases:
-        r, loss, c = pref.numpy(), losses.numpy(), gram.numpy() / gram.abs().max().item()
-        a = adjustment(r, loss)
-        lp = balance_lp(c, a, r * loss) if non_uniformity(r * loss) > EPO().eps else descent_lp(c, a)
+    for case in cases:
+        lp = case_lp(*case)
         lps.solve("lp", lp)
         times.append(lps.problems[lp.rows.shape][0].solver_stats.solve_time)
     return 1e3 * float(np.median(times))
+
+
+def tight_highs_value(lp: LP) -> float | None:
+    """HiGHS's optimal value at primal and dual feasibility tolerances 1e-10 (scipy's linprog); None if infeasible."""
+    tight = {"primal_feasibility_tolerance": 1e-10, "dual_feasibility_tolerance": 1e-10}
+    n = len(lp.cost)
+    res = linprog(
+        -lp.cost, A_ub=-lp.rows, b_ub=-lp.lower, A_eq=np.ones((1, n)), b_eq=[1.0], method="highs", options=tight
+    )
+    return -res.fun if res.status == 0 else None
+
+
+def simplex_gaps(cases: list[tuple]) -> tuple[float, float]:
+    """Largest |optimal value of the simplex method - HiGHS's| over the cases' LPs: HiGHS direct, tight HiGHS."""
+    simplex, highs, gaps = SimplexLPs(), HighsLPs(), ([0.0], [0.0])
+    for case in cases:
+        lp = case_lp(*case)
+        alpha, reference, tight = simplex.solve("lp", lp), highs.solve("lp", lp), tight_highs_value(lp)
+        if (alpha is None) != (reference is None) or (alpha is None) != (tight is None):
+            return np.inf, np.inf  # one found the LP infeasible, the other did not
+        if alpha is not None:
+            gaps[0].append(abs(lp.cost @ (alpha - reference)))
+            gaps[1].append(abs(lp.cost @ alpha - tight))
+    return max(gaps[0]), max(gaps[1])
 
 
 def frank_wolfe(gram: np.ndarray, max_iter: int = 250, stop: float = 1e-5) -> np.ndarray:
@@ -114,24 +157,34 @@ def frank_wolfe(gram: np.ndarray, max_iter: int = 250, stop: float = 1e-5) -> np
 
 def main() -> None:
     rng = np.random.default_rng(0)
-    print("EPO, one weights() call: HiGHS direct (default) vs HiGHS through cvxpy (compiled once, rebuilt every")
-    print("call) vs OSQP through cvxpy (compiled once); ratios are to HiGHS direct, timed in turn")
+    print("EPO, one weights() call: dense simplex method (default) vs HiGHS direct vs HiGHS through cvxpy (compiled")
+    print("once, rebuilt every call) vs OSQP through cvxpy (compiled once); ratios are to the simplex method, timed")
+    print("in turn; gap: largest |LP value - simplex method's| of HiGHS direct and of HiGHS at tolerances 1e-10")
     print(
-        f"{'T':>3} {'mode':>8} {'highs ms':>9} {'cvxpy ms':>9} {'LP ms':>6} {'cvxpy/highs':>11} "
-        f"{'rebuilt ms':>10} {'rebuilt/highs':>13} {'osqp ms':>8} {'osqp/highs':>10}"
+        f"{'T':>3} {'mode':>8} {'simplex ms':>10} {'highs ms':>9} {'highs/simplex':>13} {'cvxpy ms':>9} "
+        f"{'cvxpy/simplex':>13} {'LP ms':>6} {'rebuilt ms':>10} {'rebuilt/simplex':>15} {'osqp ms':>8} "
+        f"{'osqp/simplex':>12} {'gap highs':>9} {'gap tight':>9}"
     )
     for n in (2, 3, 8):
         for mode, on_ray in (("balance", False), ("descent", True)):
             cases = epo_cases(n, rng, on_ray, REPEATS)
             once = interleaved_ms(
-                {"highs": EPO().weights, "cvxpy": CvxpyEPO().weights, "osqp": EPO(backend="osqp").weights}, cases
+                {
+                    "simplex": EPO().weights,
+                    "highs": EPO(backend="highs").weights,
+                    "cvxpy": CvxpyEPO().weights,
+                    "osqp": EPO(backend="osqp").weights,
+                },
+                cases,
             )
-            rebuilt = interleaved_ms({"highs": EPO().weights, "rebuilt": CvxpyEPO(rebuild=True).weights}, cases[:20])
+            rebuilt = interleaved_ms({"simplex": EPO().weights, "rebuilt": CvxpyEPO(rebuild=True).weights}, cases[:20])
+            gap_highs, gap_tight = simplex_gaps(cases)
             print(
-                f"{n:>3} {mode:>8} {once['highs']:9.3f} {once['cvxpy']:9.3f} {cvxpy_highs_lp_ms(cases):6.3f} "
-                f"{once['cvxpy'] / once['highs']:10.1f}x {rebuilt['rebuilt']:10.3f} "
-                f"{rebuilt['rebuilt'] / rebuilt['highs']:12.1f}x {once['osqp']:8.3f} "
-                f"{once['osqp'] / once['highs']:9.1f}x"
+                f"{n:>3} {mode:>8} {once['simplex']:10.3f} {once['highs']:9.3f} "
+                f"{once['highs'] / once['simplex']:12.1f}x {once['cvxpy']:9.3f} "
+                f"{once['cvxpy'] / once['simplex']:12.1f}x {cvxpy_highs_lp_ms(cases):6.3f} {rebuilt['rebuilt']:10.3f} "
+                f"{rebuilt['rebuilt'] / rebuilt['simplex']:14.1f}x {once['osqp']:8.3f} "
+                f"{once['osqp'] / once['simplex']:11.1f}x {gap_highs:9.1e} {gap_tight:9.1e}"
             )
     print("\nEPO backends in training: ZDT2, hypernet hidden 64, 300 steps (two runs each, in turn)")
     hv = HV(ref_point=np.array([1.1, 1.1]))

@@ -33,16 +33,18 @@ class EPO(Solver):
     - descent (mu <= eps): max 1^T C alpha  s.t.  alpha^T C a >= min(max_j (C a)_j, 0),  C alpha >= 0.
 
     All three LPs read max cost^T alpha over the simplex s.t. rows alpha >= lower (`balance_lp`, `descent_lp`,
-    `relaxed_lp`). HiGHS solves them directly: one persistent model per LP whose cost and rows are replaced each
-    step, warm-started from the last basis; OSQP solves them through cvxpy, each compiled once (Parameters, DPP).
-    C is scaled to unit max entry and the inequalities get a slack of 1e-6 (float32 rounding of C).
+    `relaxed_lp`), with T variables and at most T + 1 rows. The default backend solves them with `simplex_lp`, a
+    dense simplex method written for these sizes; HiGHS solves them through highspy (one persistent model per LP,
+    cost and rows replaced each step, warm-started from the last basis); OSQP through cvxpy, each LP compiled once
+    (Parameters, DPP). C is scaled to unit max entry and the inequalities get a slack of 1e-6 (float32 rounding of C).
     A failed or infeasible LP falls back to the relaxed descent LP (without the alpha^T C a constraint), then to
     the linear-scalarization weights r; `stats()` counts both.
 
     Args:
         eps: non-uniformity below which EPO switches from balancing to descent.
-        backend: LP solver, "highs" (dual simplex through highspy, default; 4-5x faster than via cvxpy) or "osqp"
-            (ADMM through cvxpy; reports tight LPs infeasible and falls back more often; benchmarks/solvers.py).
+        backend: LP solver: "simplex" (default; the same optima as HiGHS, ~3x faster than HiGHS direct at T=8),
+            "highs" (dual simplex through highspy; 4-5x faster than via cvxpy) or "osqp" (ADMM through cvxpy;
+            reports tight LPs infeasible and falls back more often). Figures: benchmarks/solvers.py.
     """
 
     needs_gram = True
