@@ -42,7 +42,7 @@ class EPO(Solver):
 
     Args:
         eps: non-uniformity below which EPO switches from balancing to descent.
-        backend: LP solver: "simplex" (default; the same optima as HiGHS, ~3x faster than HiGHS direct at T=8),
+        backend: LP solver: "simplex" (default; the same optima as HiGHS, ~2x faster than HiGHS direct at T=8),
             "highs" (dual simplex through highspy; 4-5x faster than via cvxpy) or "osqp" (ADMM through cvxpy;
             reports tight LPs infeasible and falls back more often). Figures: benchmarks/solvers.py.
     """
