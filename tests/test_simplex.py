@@ -67,8 +67,10 @@ def test_simplex_reports_infeasible_lps():
 def test_simplex_terminates_on_degenerate_lps():
     # Beale's cycling example as the dual of an LP of this form: two of its three rows start degenerate (at zero).
     beale = np.array([[0.25, -8.0, -1.0, 9.0], [0.5, -12.0, -0.5, 3.0], [0.0, 0.0, 1.0, 0.0]])
-    rows = np.hstack([np.zeros((4, 1)), beale.T])
-    assert assert_solves(np.array([0.0, 0.0, 0.0, -1.0]), rows, -1e-2 * np.array([-0.75, 20.0, -0.5, 6.0]))
+    cost, rows = np.array([0.0, 0.0, 0.0, -1.0]), np.hstack([np.zeros((4, 1)), beale.T])
+    lower = -1e-2 * np.array([-0.75, 20.0, -0.5, 6.0])
+    assert assert_solves(cost, rows, lower)
+    assert simplex_lp(cost, rows, lower, max_pivots=1) is None  # out of pivots: None, and EPO falls back
     # Small integers: tied costs and many constraints tight at the same vertex.
     rng = np.random.default_rng(2)
     solved = 0

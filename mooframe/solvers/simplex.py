@@ -33,11 +33,14 @@ def simplex_lp(cost: np.ndarray, rows: np.ndarray, lower: np.ndarray, max_pivots
     reduced[-1] = -cost[k]
     basic = np.arange(m, m + n)  # the variable of each row (row k: t, never compared)
     bland = False
-    for _ in range(max_pivots):
+    pivots = 0
+    while True:
         costs = reduced[:-1]
         enter = int(np.argmax(costs < -_OPTIMALITY_TOL)) if bland else int(costs.argmin())
         if costs[enter] >= -_OPTIMALITY_TOL:
             return reduced[m:-1].copy()
+        if pivots >= max_pivots:
+            return None
         column = tableau[:, enter]
         candidates = np.flatnonzero(column > _PIVOT_TOL)
         if len(candidates) == 0:
@@ -52,4 +55,4 @@ def simplex_lp(cost: np.ndarray, rows: np.ndarray, lower: np.ndarray, max_pivots
         tableau[leave] = pivot_row
         reduced -= reduced[enter] * pivot_row
         basic[leave] = enter
-    return None
+        pivots += 1
