@@ -119,7 +119,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
 def _cmd_demo(args: argparse.Namespace) -> None:
     from mooframe.demo import run_demo
 
-    report = run_demo(args.out, steps=args.steps, seed=args.seed, progress=not args.quiet)
+    report = run_demo(args.out, steps=args.steps, seed=args.seed, progress=not args.quiet, workers=args.workers)
     print(f"report written to {report}")
 
 
@@ -193,8 +193,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="PWE-MoE vs merging baselines on multi-task digits: report and plots")
     demo.add_argument("--out", default="runs/demo", help="report directory (default runs/demo)")
-    demo.add_argument("--steps", type=int, default=1000, help="training steps per PWE-MoE run")
+    demo.add_argument(
+        "--steps",
+        type=int,
+        default=1000,
+        help="training steps per trained method, per dimension of the preference simplex (T - 1)",
+    )
     demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--workers", type=int, help="processes running the methods (default: one per CPU core)")
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
     demo.set_defaults(run=_cmd_demo)
 

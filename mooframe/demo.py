@@ -9,17 +9,20 @@ and peak memory per method, and a plot of the fronts per task count.
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import resource
 import threading
 import time
 from collections.abc import Iterator, Mapping
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from mooframe.pareto_set import FunctionalModel
 from mooframe.problem import MergingProblem
@@ -66,35 +69,40 @@ def run_methods(
     methods: Mapping[str, tuple[str, str, dict[str, Any], dict[str, Any]]] = METHODS,
 ) -> dict[str, MethodRun]:
     """Train and evaluate `methods` and the experts on `problem` (one thread: the model is tiny)."""
-    prefs = evaluation_preferences(problem.n_objectives, 11)
-    runs = {}
     with torch_threads(1):
-        for label, (model, solver, model_kwargs, solve_kwargs) in methods.items():
-            model_kwargs = _rays_for(model_kwargs, problem.n_objectives)
-            with peak_memory() as peak:
-                start = time.perf_counter()
-                result = solve(
-                    problem,
-                    model=model,
-                    solver=solver,
-                    seed=seed,
-                    alpha=ALPHA,
-                    progress=progress,
-                    model_kwargs=model_kwargs,
-                    **{"steps": steps, "lr": 1e-2, **solve_kwargs},
-                )
-                trained = time.perf_counter()
-                front = result.front(prefs, progress=progress)
-            runs[label] = MethodRun(
-                front,
-                sum(p.numel() for p in result.model.trainable_parameters()),
-                trained - start,
-                time.perf_counter() - trained,
-                peak.mb,
-                result,
-            )
+        runs = {label: run_method(problem, spec, steps, seed, progress) for label, spec in methods.items()}
         runs["experts"] = _experts(problem)
     return runs
+
+
+def run_method(
+    problem: MergingProblem,
+    spec: tuple[str, str, dict[str, Any], dict[str, Any]],
+    steps: int,
+    seed: int = 0,
+    progress: bool = True,
+) -> MethodRun:
+    """Train one method of `METHODS` form (model, solver, model kwargs, solve kwargs) and evaluate its front."""
+    model, solver, model_kwargs, solve_kwargs = spec
+    prefs = evaluation_preferences(problem.n_objectives, 11)
+    # the rays before the measurement: pymoo's energy method holds ~0.7 GB for a moment, not the method's memory
+    model_kwargs = _rays_for(model_kwargs, problem.n_objectives)
+    with peak_memory() as peak:
+        start = time.perf_counter()
+        result = solve(
+            problem,
+            model=model,
+            solver=solver,
+            seed=seed,
+            alpha=ALPHA,
+            progress=progress,
+            model_kwargs=model_kwargs,
+            **{"steps": steps, "lr": 1e-2, **solve_kwargs},
+        )
+        trained = time.perf_counter()
+        front = result.front(prefs, progress=progress)
+    trainable = sum(p.numel() for p in result.model.trainable_parameters())
+    return MethodRun(front, trainable, trained - start, time.perf_counter() - trained, peak.mb, result)
 
 
 def expert_front(problem: MergingProblem) -> Front:
@@ -126,21 +134,42 @@ def run_demo(
     seed: int = 0,
     progress: bool = True,
     methods: Mapping[str, tuple[str, str, dict[str, Any], dict[str, Any]]] = METHODS,
+    workers: int | None = None,
 ) -> Path:
-    """Build the problem, run `methods` on 2 and 3 tasks, write `out`/report.md (+ plots); return its path."""
+    """Build the problem, run `methods` on 2 and 3 tasks, write `out`/report.md (+ plots); return its path.
+
+    Each trained method runs `steps` steps per dimension of the preference simplex (T - 1): the routers see as
+    many preferences per direction of it on 3 tasks as on 2 (with 1000 steps on 3 tasks, PWE-MoE (LS) reached only
+    0.88 of expert 1's gain at e_1; docs/benchmarks.md). The methods run in `workers` processes of one thread each
+    (default: one per CPU core, at most one per method); each is timed and measured in its own process.
+    """
     out = Path(out)
+    problems = {folder: MultiTaskDigits(tasks=DEFAULT_TASKS[:n], seed=seed) for folder, n in TASK_COUNTS.items()}
+    jobs = [(folder, label) for folder in reversed(TASK_COUNTS) for label in methods]  # the longest first
+    runs: dict[str, dict[str, MethodRun]] = {folder: {} for folder in TASK_COUNTS}
+    workers = max(1, min(workers or os.cpu_count() or 1, len(jobs)))
+    # spawn, not fork: a forked child inherits torch's thread pools in whatever state the parent left them
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {}
+        for folder, label in jobs:
+            n_tasks = TASK_COUNTS[folder]
+            futures[pool.submit(_run_job, n_tasks, seed, methods[label], steps * (n_tasks - 1))] = (folder, label)
+        for future in tqdm(as_completed(futures), total=len(futures), desc="demo methods", disable=not progress):
+            folder, label = futures[future]
+            runs[folder][label] = future.result()
     sections = [
         "# mooframe demo: multi-task digits",
-        f"PWE-MoE trained for {steps} steps per run (Dirichlet alpha {ALPHA}, seed {seed}); objectives are test "
+        f"Trained methods run {steps} steps per dimension of the preference simplex, {steps} on 2 tasks and "
+        f"{2 * steps} on 3 (Dirichlet alpha {ALPHA}, seed {seed}); objectives are test "
         "errors 1 - accuracy; ray deviation is the mean EPO non-uniformity of the test losses at interior preferences.",
     ]
-    for folder, n_tasks in TASK_COUNTS.items():
-        problem = MultiTaskDigits(tasks=DEFAULT_TASKS[:n_tasks], seed=seed)
-        runs = run_methods(problem, steps, seed, progress, methods)
-        fronts = {label: run.front for label, run in runs.items()}
-        extras = {label: _extras(run) for label, run in runs.items()}
+    for folder, problem in problems.items():
+        with torch_threads(1):
+            ordered = {label: runs[folder][label] for label in methods} | {"experts": _experts(problem)}
+        fronts = {label: run.front for label, run in ordered.items()}
+        extras = {label: _extras(run) for label, run in ordered.items()}
         comparison = compare_fronts(fronts, extras=extras)
-        title = f"{n_tasks} tasks: {', '.join(problem.task_names)}"
+        title = f"{problem.n_objectives} tasks: {', '.join(problem.task_names)}"
         write_report(comparison, fronts, out / folder, title=title)
         sections += [f"## {title}", comparison.markdown(title).split("\n", 1)[1], f"![fronts]({folder}/fronts.png)"]
         if progress:
@@ -148,6 +177,13 @@ def run_demo(
     report = out / "report.md"
     report.write_text("\n\n".join(sections) + "\n")
     return report
+
+
+def _run_job(n_tasks: int, seed: int, spec: tuple[str, str, dict[str, Any], dict[str, Any]], steps: int) -> MethodRun:
+    """One method on the first `n_tasks` digits tasks, in a worker process (its trained set is not sent back)."""
+    problem = MultiTaskDigits(tasks=DEFAULT_TASKS[:n_tasks], seed=seed)
+    with torch_threads(1):
+        return replace(run_method(problem, spec, steps, seed, progress=False), result=None)
 
 
 @dataclass

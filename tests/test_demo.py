@@ -89,21 +89,25 @@ def test_expert_front_puts_expert_t_at_e_t(two_tasks):
     np.testing.assert_allclose(front.objectives, 1 - front.metrics["accuracy"])
 
 
-def test_demo_writes_the_report_and_plots(digits_cache, tmp_path):
-    report_path = run_demo(tmp_path, steps=0, progress=False, methods={"TA": METHODS["task arithmetic"]})
+def test_demo_writes_the_report_and_plots_with_the_fronts_of_an_in_process_run(digits_cache, tmp_path):
+    methods = {"LS": METHODS["PWE-MoE (LS)"]}
+    report_path = run_demo(tmp_path, steps=2, progress=False, methods=methods, workers=2)
     report = report_path.read_text()
     for section in ("## 2 tasks: upright, rotated", "## 3 tasks: upright, rotated, inverted"):
         assert section in report
-    assert report.count("| TA | e1 |") == 2 and report.count("| experts | e1 |") == 2
+    assert report.count("| LS | e1 |") == 2 and report.count("| experts | e1 |") == 2
     for folder in ("two_tasks", "three_tasks"):
         assert f"![fronts]({folder}/fronts.png)" in report
         png = (tmp_path / folder / "fronts.png").read_bytes()
         assert png.startswith(b"\x89PNG") and len(png) > 10_000
+    runs = run_methods(MultiTaskDigits(tasks=["upright", "rotated"]), steps=2, progress=False, methods=methods)
+    for method in compare_fronts({label: run.front for label, run in runs.items()}).methods:
+        assert f"| {method.label} | {method.hypervolume.value:.4g} |" in report  # worker process == this one
 
 
 def test_demo_command_passes_its_options(monkeypatch, tmp_path, capsys):
     calls = []
     monkeypatch.setattr("mooframe.demo.run_demo", lambda out, **kwargs: calls.append((out, kwargs)) or tmp_path)
-    assert main(["demo", "--out", "somewhere", "--steps", "7", "--seed", "3", "--quiet"]) == 0
-    assert calls == [("somewhere", {"steps": 7, "seed": 3, "progress": False})]
+    assert main(["demo", "--out", "somewhere", "--steps", "7", "--seed", "3", "--quiet", "--workers", "1"]) == 0
+    assert calls == [("somewhere", {"steps": 7, "seed": 3, "progress": False, "workers": 1})]
     assert f"report written to {tmp_path}" in capsys.readouterr().out
