@@ -130,7 +130,9 @@ def test_add_weighted_experts_in_float32_matches_float64_on_fine_tuned_experts()
     merged.backward(grad)
     taus = [e.double() - base.double() for e in experts]
     exact = base.double() + sum(float(c) * tau for c, tau in zip(coefficients.detach(), taus, strict=True))
-    assert float((merged.double() - exact).abs().max()) <= 8 * torch.finfo(torch.float32).eps * float(base.abs().max())
+    assert float((merged.detach().double() - exact).abs().max()) <= 8 * torch.finfo(torch.float32).eps * float(
+        base.abs().max()
+    )
     exact_grad = torch.stack([(tau * grad.double()).sum() for tau in taus])
     torch.testing.assert_close(coefficients.grad.double(), exact_grad, rtol=1e-5, atol=0)
 

@@ -54,7 +54,7 @@ def stack_task_vectors(
     if not vectors:
         raise ValueError("stack_task_vectors needs at least one task vector")
     names = list(vectors[0]) if names is None else list(names)
-    return {name: torch.stack([v[name].detach() for v in vectors]).to(dtype=dtype) for name in names}
+    return {name: torch.stack([v[name].detach().to(dtype=dtype) for v in vectors]) for name in names}
 
 
 def add_weighted(

@@ -52,6 +52,12 @@ class MergingModel(ParetoSetModel):
     def __init__(self, problem: Problem) -> None:
         super().__init__(require_merging_problem(problem, type(self).__name__))
         self.backbone = problem.pretrained
+        self._problem = problem
+
+    def pretrained_and_experts(self, name: str) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """theta_0[name] and theta_t[name] for each expert: the problem's own tensors (following `problem.to()`),
+        read when merging and never copied."""
+        return self.backbone.get_parameter(name).detach(), [state[name] for state in self._problem.expert_states]
 
     @abstractmethod
     def merged_parameters(self, pref: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -76,9 +82,10 @@ class LinearMergingModel(MergingModel):
     Subclasses say which parameters are merged per preference (`groups`: parameter name -> group name) and give
     each group's coefficients c_g(r) in `coefficients`. The remaining parameters are merged once by task
     arithmetic, psi = psi_0 + lambda sum_t tau_t. With `task_vector_dtype="float32"` the grouped parameters are
-    merged from the experts the problem already holds, (1 - sum_t c_t) theta_0 + sum_t c_t theta_t, and no task
-    vector is stored; with "bfloat16" their task vectors are kept in a bfloat16 dictionary (T x 2 bytes per
-    grouped parameter, on top of the problem's experts) and merged in the backbone's dtype.
+    merged from the pretrained model and the experts the problem already holds,
+    (1 - sum_t c_t) theta_0 + sum_t c_t theta_t, and no task vector is stored; with "bfloat16" their task vectors
+    are kept in a bfloat16 dictionary (2T bytes per grouped parameter, on top of the problem's experts) and merged
+    in the backbone's dtype.
     """
 
     def __init__(
@@ -89,15 +96,11 @@ class LinearMergingModel(MergingModel):
             raise ValueError(f"unknown task_vector_dtype {task_vector_dtype!r}; pass one of {', '.join(VECTOR_DTYPES)}")
         theta_0 = problem.pretrained_state()
         self.groups = dict(groups)
-        self.base = TensorDict({name: theta_0[name] for name in self.groups})
-        grouped = [{name: state[name] for name in self.groups} for state in problem.expert_states]
-        if task_vector_dtype == "float32":  # the problem's own tensors, by reference: no copy
-            self.experts, self.vectors = nn.ModuleList(TensorDict(state) for state in grouped), None
-        else:
-            taus = stack_task_vectors(
-                task_vectors(dict(self.base.items()), grouped), dtype=VECTOR_DTYPES[task_vector_dtype]
-            )
-            self.experts, self.vectors = None, TensorDict(taus)
+        self.vectors = None  # float32: merged from the problem's tensors, nothing stored
+        if task_vector_dtype != "float32":
+            base = {name: theta_0[name] for name in self.groups}
+            taus = task_vectors(base, [{name: state[name] for name in base} for state in problem.expert_states])
+            self.vectors = TensorDict(stack_task_vectors(taus, dtype=VECTOR_DTYPES[task_vector_dtype]))
         rest = {name: value for name, value in theta_0.items() if name not in self.groups}
         taus = task_vectors(rest, [{name: state[name] for name in rest} for state in problem.expert_states])
         self.fixed = TensorDict(task_arithmetic(rest, taus, scaling))
@@ -110,11 +113,11 @@ class LinearMergingModel(MergingModel):
         coefficients = self.coefficients(pref)
         merged = dict(self.fixed.items())
         for name, group in self.groups.items():
+            theta_0, experts = self.pretrained_and_experts(name)
             if self.vectors is None:
-                experts = [expert[name] for expert in self.experts]
-                merged[name] = add_weighted_experts(self.base[name], experts, coefficients[group])
+                merged[name] = add_weighted_experts(theta_0, experts, coefficients[group])
             else:
-                merged[name] = add_weighted(self.base[name], self.vectors[name], coefficients[group])
+                merged[name] = add_weighted(theta_0, self.vectors[name], coefficients[group])
         return merged
 
 

@@ -79,9 +79,7 @@ class ParetoMerging(MergingModel):
         self.base, self.scaling, self.top_k, self.rank, self.pref_rank = base, scaling, top_k, rank, pref_rank
         self.layers = layers if isinstance(layers, str) else list(layers)
         theta_0 = problem.pretrained_state()
-        if base == "adamerging":  # merged from the problem's own tensors, by reference: no task-vector copy
-            self.theta_0 = TensorDict(theta_0)
-            self.experts = nn.ModuleList(TensorDict(state) for state in problem.expert_states)
+        if base == "adamerging":  # merged from the problem's own tensors each step: no task-vector copy
             self.coefficients = nn.Parameter(torch.full((len(theta_0), self.n_objectives), float(scaling)))
         else:
             taus = task_vectors(theta_0, problem.expert_states)
@@ -101,9 +99,10 @@ class ParetoMerging(MergingModel):
         """theta_base by name: the preference-independent merge (differentiable in the AdaMerging coefficients)."""
         if self.base != "adamerging":
             return dict(self.merged.items())
+        names = [name for name, _ in self.backbone.named_parameters()]
         return {
-            name: add_weighted_experts(value, [expert[name] for expert in self.experts], self.coefficients[i])
-            for i, (name, value) in enumerate(self.theta_0.items())
+            name: add_weighted_experts(*self.pretrained_and_experts(name), self.coefficients[i])
+            for i, name in enumerate(names)
         }
 
     def merged_parameters(self, pref: torch.Tensor) -> dict[str, torch.Tensor]:
