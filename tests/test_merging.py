@@ -8,6 +8,7 @@ import torch
 
 from mooframe.merging import (
     add_weighted,
+    add_weighted_experts,
     disjoint_merge,
     stack_task_vectors,
     task_arithmetic,
@@ -108,6 +109,34 @@ def test_add_weighted_values_and_gradients():
     )
 
 
+def test_add_weighted_experts_is_the_task_vector_merge_with_its_gradients():
+    base = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+    experts = [torch.randn(3, 4, dtype=torch.float64, requires_grad=True) for _ in range(2)]
+    coefficients = torch.randn(2, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda b, c, *e: add_weighted_experts(b, e, c), (base, coefficients, *experts))
+    expected = base + sum(c * (e - base) for c, e in zip(coefficients, experts, strict=True))
+    torch.testing.assert_close(add_weighted_experts(base, experts, coefficients), expected)
+
+
+def test_add_weighted_experts_in_float32_matches_float64_on_fine_tuned_experts():
+    """Experts close to theta_0 (tau ~ 1e-3 theta): the merge stays within a few float32 rounding errors of |theta|
+    and the gradient in c, <theta_t - theta_0, g>, does not suffer the cancellation of <theta_t, g> - <theta_0, g>."""
+    generator = torch.Generator().manual_seed(0)
+    base = torch.randn(64, 48, generator=generator)
+    experts = [base + 1e-3 * torch.randn(64, 48, generator=generator) for _ in range(3)]
+    coefficients = torch.tensor([0.3, -0.8, 1.7], requires_grad=True)
+    grad = torch.randn(64, 48, generator=generator)
+    merged = add_weighted_experts(base, experts, coefficients)
+    merged.backward(grad)
+    taus = [e.double() - base.double() for e in experts]
+    exact = base.double() + sum(float(c) * tau for c, tau in zip(coefficients.detach(), taus, strict=True))
+    assert float((merged.detach().double() - exact).abs().max()) <= 8 * torch.finfo(torch.float32).eps * float(
+        base.abs().max()
+    )
+    exact_grad = torch.stack([(tau * grad.double()).sum() for tau in taus])
+    torch.testing.assert_close(coefficients.grad.double(), exact_grad, rtol=1e-5, atol=0)
+
+
 def test_bfloat16_dictionary_merges_its_rounded_values_in_float32():
     taus = task_vectors(_state(0), [_state(1), _state(2)])
     stacked = stack_task_vectors(taus, dtype=torch.bfloat16)
@@ -133,3 +162,7 @@ def test_mismatched_inputs_are_named():
         trim_top_k([base], 0.0)
     with pytest.raises(ValueError, match="non-negative"):
         weight_average([base, base], [1.0, -1.0])
+    with pytest.raises(ValueError, match="pass T tensors of the base's shape"):
+        add_weighted_experts(base["w"], [base["w"], base["b"]], torch.ones(2))
+    with pytest.raises(ValueError, match="and T coefficients"):
+        add_weighted(base["w"], torch.zeros(2, 4, 3), torch.ones(3))

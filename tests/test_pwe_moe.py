@@ -214,18 +214,34 @@ def test_pwe_moe_front_beats_preference_weighted_task_arithmetic(problem, solver
     assert problem.evaluate(net).metrics["accuracy"][0] > problem.evaluate(problem.pretrained).metrics["accuracy"][0]
 
 
-def test_bfloat16_task_vectors_halve_their_memory_and_barely_move_the_merge(problem):
+def test_float32_stores_no_task_vector_and_bfloat16_a_half_size_dictionary(problem):
     full = PWEMoE(problem, upscale=UPSCALE_ALL)
     half = PWEMoE(problem, upscale=UPSCALE_ALL, task_vector_dtype="bfloat16")
     half.load_trainable_state(full.trainable_state())
-    nbytes = [sum(t.numel() * t.element_size() for _, t in m.vectors.items()) for m in (full, half)]
-    assert nbytes[1] * 2 == nbytes[0]
+    theta_0 = problem.pretrained_state()
+    stored = sum(t.numel() for name, t in full.named_buffers() if not name.startswith("backbone."))
+    assert full.vectors is None and stored == sum(t.numel() for n, t in theta_0.items() if n not in full.groups)
+    grouped = sum(theta_0[name].numel() for name in full.groups)
+    assert sum(t.numel() * t.element_size() for _, t in half.vectors.items()) == 2 * problem.n_objectives * grouped
     pref = torch.tensor([0.4, 0.6])
     with torch.no_grad():
         a, b, coefficients = full.merged_parameters(pref), half.merged_parameters(pref), full.coefficients(pref)
     for name, group in full.groups.items():
-        bound = 2**-8 * float(coefficients[group].abs().sum()) * float(full.vectors[name].abs().max())
+        largest = max(float((state[name] - theta_0[name]).abs().max()) for state in problem.expert_states)
+        bound = 2**-8 * float(coefficients[group].abs().sum()) * largest + 1e-6
         assert float((a[name] - b[name]).abs().max()) <= bound
+
+
+def test_a_step_keeps_references_to_the_problems_tensors_not_copies(problem):
+    """What autograd saves of the merge: theta_0 and the experts themselves, once per up-scaled parameter."""
+    model = PWEMoE(problem, upscale=UPSCALE_ALL)
+    stored = [*problem.pretrained.parameters(), *(t for state in problem.expert_states for t in state.values())]
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        model.merged_parameters(torch.tensor([0.3, 0.7]))
+    larger_than_a_router = [t for t in saved if t.numel() > max(p.numel() for p in model.trainable_parameters())]
+    assert {t.data_ptr() for t in larger_than_a_router} <= {t.data_ptr() for t in stored}
+    assert len({t.data_ptr() for t in larger_than_a_router}) == (problem.n_objectives + 1) * len(model.groups)
 
 
 def test_per_ray_trains_each_ray_at_its_own_preference(problem):

@@ -8,6 +8,7 @@ from mooframe.merging.ties import disjoint_merge, ties_merging, trim_top_k
 from mooframe.merging.vectors import (
     StateDict,
     add_weighted,
+    add_weighted_experts,
     stack_task_vectors,
     task_arithmetic,
     task_vectors,
@@ -17,6 +18,7 @@ from mooframe.merging.vectors import (
 __all__ = [
     "StateDict",
     "add_weighted",
+    "add_weighted_experts",
     "disjoint_merge",
     "stack_task_vectors",
     "task_arithmetic",

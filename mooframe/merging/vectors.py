@@ -54,40 +54,75 @@ def stack_task_vectors(
     if not vectors:
         raise ValueError("stack_task_vectors needs at least one task vector")
     names = list(vectors[0]) if names is None else list(names)
-    return {name: torch.stack([v[name].detach() for v in vectors]).to(dtype=dtype) for name in names}
+    return {name: torch.stack([v[name].detach().to(dtype=dtype) for v in vectors]) for name in names}
 
 
-def add_weighted(base: torch.Tensor, stacked: torch.Tensor, coefficients: torch.Tensor) -> torch.Tensor:
-    """base + sum_t c_t stacked[t], in base's dtype: the merge step every merging model shares.
+def add_weighted(
+    base: torch.Tensor, vectors: torch.Tensor | Sequence[torch.Tensor], coefficients: torch.Tensor
+) -> torch.Tensor:
+    """base + sum_t c_t vectors[t], in base's dtype: the merge step of the merging models.
 
-    `stacked` (shape (T, *base.shape)) may be stored in a lower precision (bfloat16): it is cast on the fly and
-    only the stored tensor is kept for backward, so a low-precision dictionary also halves training memory.
+    `vectors` is a stacked tensor of shape (T, *base.shape) or T tensors of base's shape; they may be stored in a
+    lower precision (bfloat16): they are read on the fly, and autograd keeps references to them, not copies.
     """
-    if stacked.shape[1:] != base.shape or coefficients.shape != stacked.shape[:1]:
+    return _merge(base, vectors, coefficients, from_experts=False)
+
+
+def add_weighted_experts(
+    base: torch.Tensor, experts: Sequence[torch.Tensor], coefficients: torch.Tensor
+) -> torch.Tensor:
+    """theta_0 + sum_t c_t (theta_t - theta_0) = (1 - sum_t c_t) theta_0 + sum_t c_t theta_t, from the experts.
+
+    The same merge as `add_weighted` with the task vectors tau_t = theta_t - theta_0, without storing them: the
+    forward reads theta_0 and the experts (a few float32 rounding errors of |theta| apart from theta_0 + sum c tau),
+    and the gradient in c_t, <theta_t - theta_0, dL/dtheta>, forms each difference exactly, one tensor at a time.
+    Autograd keeps references to `base` and `experts`, not copies.
+    """
+    return _merge(base, experts, coefficients, from_experts=True)
+
+
+def _merge(
+    base: torch.Tensor, vectors: torch.Tensor | Sequence[torch.Tensor], coefficients: torch.Tensor, from_experts: bool
+) -> torch.Tensor:
+    vectors = list(vectors)
+    if coefficients.shape != (len(vectors),) or any(v.shape != base.shape for v in vectors):
+        shapes = [tuple(v.shape) for v in vectors[:3]]
         raise ValueError(
-            f"add_weighted: base {tuple(base.shape)}, stacked {tuple(stacked.shape)} and coefficients "
-            f"{tuple(coefficients.shape)} do not fit; stacked must be (T, *base.shape), coefficients (T,)"
+            f"cannot merge base {tuple(base.shape)} with {len(vectors)} tensors (shapes {shapes}, ...) and "
+            f"coefficients {tuple(coefficients.shape)}: pass T tensors of the base's shape, or one (T, *shape) "
+            "tensor, and T coefficients"
         )
-    return _AddWeighted.apply(base, stacked, coefficients)
+    return _Merge.apply(base, coefficients, from_experts, *vectors)
 
 
-class _AddWeighted(torch.autograd.Function):
+class _Merge(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, base: torch.Tensor, stacked: torch.Tensor, coefficients: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(stacked, coefficients)
-        return base + torch.tensordot(coefficients.to(base.dtype), stacked.to(base.dtype), dims=1)
+    def forward(ctx, base: torch.Tensor, coefficients: torch.Tensor, from_experts: bool, *vectors: torch.Tensor):
+        ctx.from_experts = from_experts
+        ctx.save_for_backward(base, coefficients, *vectors)  # references to the stored tensors, not copies
+        weights = coefficients.to(base.dtype)
+        merged = base * (1 - weights.sum()) if from_experts else base.clone()
+        for weight, vector in zip(weights, vectors, strict=True):
+            merged.addcmul_(vector, weight)  # in place, casting a lower-precision vector on the fly: no temporary
+        return merged
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        stacked, coefficients = ctx.saved_tensors
-        grad_base = grad if ctx.needs_input_grad[0] else None
-        grad_stacked = grad_coefficients = None
+        base, coefficients, *vectors = ctx.saved_tensors
+        weights = coefficients.to(grad.dtype)
+        grad_base = grad_coefficients = None
+        if ctx.needs_input_grad[0]:
+            grad_base = grad * (1 - weights.sum()) if ctx.from_experts else grad
         if ctx.needs_input_grad[1]:
-            grad_stacked = (coefficients.to(grad)[:, None] * grad.flatten()).view_as(stacked).to(stacked.dtype)
-        if ctx.needs_input_grad[2]:
-            flat = stacked.flatten(1).to(grad.dtype) @ grad.flatten()
-            grad_coefficients = flat.to(coefficients.dtype)
-        return grad_base, grad_stacked, grad_coefficients
+            flat = grad.flatten()
+            taus = ((v - base if ctx.from_experts else v) for v in vectors)  # one at a time: no stacked copy
+            grad_coefficients = torch.stack([torch.dot(tau.to(grad.dtype).flatten(), flat) for tau in taus])
+            grad_coefficients = grad_coefficients.to(coefficients.dtype)
+        grad_vectors = [
+            (weight * grad).to(vector.dtype) if needed else None
+            for weight, vector, needed in zip(weights, vectors, ctx.needs_input_grad[3:], strict=True)
+        ]
+        return grad_base, grad_coefficients, None, *grad_vectors
 
 
 def _coefficients(values: float | Sequence[float] | torch.Tensor, n: int, what: str) -> torch.Tensor:

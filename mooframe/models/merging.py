@@ -10,7 +10,7 @@ from collections.abc import Iterator, Mapping, Sequence
 import torch
 from torch import nn
 
-from mooframe.merging import add_weighted, stack_task_vectors, task_arithmetic, task_vectors
+from mooframe.merging import add_weighted, add_weighted_experts, stack_task_vectors, task_arithmetic, task_vectors
 from mooframe.pareto_set import FunctionalModel, ParetoSetModel
 from mooframe.preferences import PreferenceLike, check_preference
 from mooframe.problem import MergingProblem, Problem
@@ -52,6 +52,12 @@ class MergingModel(ParetoSetModel):
     def __init__(self, problem: Problem) -> None:
         super().__init__(require_merging_problem(problem, type(self).__name__))
         self.backbone = problem.pretrained
+        self._problem = problem
+
+    def pretrained_and_experts(self, name: str) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """theta_0[name] and theta_t[name] for each expert: the problem's own tensors (following `problem.to()`),
+        read when merging and never copied."""
+        return self.backbone.get_parameter(name).detach(), [state[name] for state in self._problem.expert_states]
 
     @abstractmethod
     def merged_parameters(self, pref: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -75,8 +81,11 @@ class LinearMergingModel(MergingModel):
 
     Subclasses say which parameters are merged per preference (`groups`: parameter name -> group name) and give
     each group's coefficients c_g(r) in `coefficients`. The remaining parameters are merged once by task
-    arithmetic, psi = psi_0 + lambda sum_t tau_t. The task-vector dictionary of the grouped parameters can be
-    kept in bfloat16 to halve its memory (merging still computes in the backbone's dtype).
+    arithmetic, psi = psi_0 + lambda sum_t tau_t. With `task_vector_dtype="float32"` the grouped parameters are
+    merged from the pretrained model and the experts the problem already holds,
+    (1 - sum_t c_t) theta_0 + sum_t c_t theta_t, and no task vector is stored; with "bfloat16" their task vectors
+    are kept in a bfloat16 dictionary (2T bytes per grouped parameter, on top of the problem's experts) and merged
+    in the backbone's dtype.
     """
 
     def __init__(
@@ -86,13 +95,15 @@ class LinearMergingModel(MergingModel):
         if task_vector_dtype not in VECTOR_DTYPES:
             raise ValueError(f"unknown task_vector_dtype {task_vector_dtype!r}; pass one of {', '.join(VECTOR_DTYPES)}")
         theta_0 = problem.pretrained_state()
-        taus = task_vectors(theta_0, problem.expert_states)
-        rest = [name for name in theta_0 if name not in groups]
         self.groups = dict(groups)
-        self.base = TensorDict({name: theta_0[name] for name in self.groups})
-        self.vectors = TensorDict(stack_task_vectors(taus, list(self.groups), VECTOR_DTYPES[task_vector_dtype]))
-        fixed = task_arithmetic({n: theta_0[n] for n in rest}, [{n: tau[n] for n in rest} for tau in taus], scaling)
-        self.fixed = TensorDict(fixed)
+        self.vectors = None  # float32: merged from the problem's tensors, nothing stored
+        if task_vector_dtype != "float32":
+            base = {name: theta_0[name] for name in self.groups}
+            taus = task_vectors(base, [{name: state[name] for name in base} for state in problem.expert_states])
+            self.vectors = TensorDict(stack_task_vectors(taus, dtype=VECTOR_DTYPES[task_vector_dtype]))
+        rest = {name: value for name, value in theta_0.items() if name not in self.groups}
+        taus = task_vectors(rest, [{name: state[name] for name in rest} for state in problem.expert_states])
+        self.fixed = TensorDict(task_arithmetic(rest, taus, scaling))
 
     @abstractmethod
     def coefficients(self, pref: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -102,7 +113,11 @@ class LinearMergingModel(MergingModel):
         coefficients = self.coefficients(pref)
         merged = dict(self.fixed.items())
         for name, group in self.groups.items():
-            merged[name] = add_weighted(self.base[name], self.vectors[name], coefficients[group])
+            theta_0, experts = self.pretrained_and_experts(name)
+            if self.vectors is None:
+                merged[name] = add_weighted_experts(theta_0, experts, coefficients[group])
+            else:
+                merged[name] = add_weighted(theta_0, self.vectors[name], coefficients[group])
         return merged
 
 

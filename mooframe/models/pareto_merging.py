@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from mooframe.merging import add_weighted, stack_task_vectors, task_arithmetic, task_vectors, ties_merging
+from mooframe.merging import add_weighted_experts, task_arithmetic, task_vectors, ties_merging
 from mooframe.models.merging import MergingModel, TensorDict, upscaled_modules
 from mooframe.problem import MergingProblem
 
@@ -79,15 +79,14 @@ class ParetoMerging(MergingModel):
         self.base, self.scaling, self.top_k, self.rank, self.pref_rank = base, scaling, top_k, rank, pref_rank
         self.layers = layers if isinstance(layers, str) else list(layers)
         theta_0 = problem.pretrained_state()
-        taus = task_vectors(theta_0, problem.expert_states)
-        if base == "adamerging":
-            self.theta_0 = TensorDict(theta_0)
-            self.vectors = TensorDict(stack_task_vectors(taus))
+        if base == "adamerging":  # merged from the problem's own tensors each step: no task-vector copy
             self.coefficients = nn.Parameter(torch.full((len(theta_0), self.n_objectives), float(scaling)))
-        elif base == "task_arithmetic":
-            self.merged = TensorDict(task_arithmetic(theta_0, taus, scaling))
         else:
-            self.merged = TensorDict(ties_merging(theta_0, taus, scaling, top_k))
+            taus = task_vectors(theta_0, problem.expert_states)
+            if base == "task_arithmetic":
+                self.merged = TensorDict(task_arithmetic(theta_0, taus, scaling))
+            else:
+                self.merged = TensorDict(ties_merging(theta_0, taus, scaling, top_k))
         self.adapted = adapted_weights(problem, layers) if rank else []
         if rank and not self.adapted:
             raise ValueError(f"layers={layers!r} selects no nn.Linear layer of {type(problem.pretrained).__name__}")
@@ -100,9 +99,10 @@ class ParetoMerging(MergingModel):
         """theta_base by name: the preference-independent merge (differentiable in the AdaMerging coefficients)."""
         if self.base != "adamerging":
             return dict(self.merged.items())
+        names = [name for name, _ in self.backbone.named_parameters()]
         return {
-            name: add_weighted(value, self.vectors[name], self.coefficients[i])
-            for i, (name, value) in enumerate(self.theta_0.items())
+            name: add_weighted_experts(*self.pretrained_and_experts(name), self.coefficients[i])
+            for i, name in enumerate(names)
         }
 
     def merged_parameters(self, pref: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -24,7 +24,9 @@ class PWEMoE(LinearMergingModel):
         upscale: a preset name from `problem.upscale_presets` (e.g. "mlp", "attention_mlp"), or a list of
             regular expressions matched in full against the backbone's module names.
         scaling: lambda, the task-arithmetic coefficient of the fixed part and the routers' initial output.
-        task_vector_dtype: "float32", or "bfloat16" to halve the memory of the up-scaled task vectors.
+        task_vector_dtype: "float32" merges from the problem's experts and stores no task vector; "bfloat16"
+            keeps the up-scaled task vectors rounded to bfloat16 in a dictionary of their own (memory added, to
+            see what the rounding does to the front).
     """
 
     def __init__(
