@@ -15,7 +15,6 @@ import resource
 import threading
 import time
 from collections.abc import Iterator, Mapping
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -145,18 +144,19 @@ def run_demo(
     """
     out = Path(out)
     problems = {folder: MultiTaskDigits(tasks=DEFAULT_TASKS[:n], seed=seed) for folder, n in TASK_COUNTS.items()}
-    jobs = [(folder, label) for folder in reversed(TASK_COUNTS) for label in methods]  # the longest first
+    work = [  # the longest first
+        (folder, label, n_tasks, seed, spec, steps)
+        for folder, n_tasks in reversed(TASK_COUNTS.items())
+        for label, spec in methods.items()
+    ]
     runs: dict[str, dict[str, MethodRun]] = {folder: {} for folder in TASK_COUNTS}
-    workers = max(1, min(workers or os.cpu_count() or 1, len(jobs)))
-    # spawn, not fork: a forked child inherits torch's thread pools in whatever state the parent left them
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = {}
-        for folder, label in jobs:
-            n_tasks = TASK_COUNTS[folder]
-            futures[pool.submit(_run_job, n_tasks, seed, methods[label], steps * (n_tasks - 1))] = (folder, label)
-        for future in tqdm(as_completed(futures), total=len(futures), desc="demo methods", disable=not progress):
-            folder, label = futures[future]
-            runs[folder][label] = future.result()
+    workers = max(1, min(workers or os.cpu_count() or 1, len(work)))
+    # spawn, not fork: a forked child inherits torch's thread pools in whatever state the parent left them;
+    # leaving the block (done, an error, Ctrl-C) terminates the workers
+    with multiprocessing.get_context("spawn").Pool(workers) as pool:
+        done = pool.imap_unordered(_run_job, work)
+        for folder, label, run in tqdm(done, total=len(work), desc="demo methods", disable=not progress):
+            runs[folder][label] = run
     sections = [
         "# mooframe demo: multi-task digits",
         f"Trained methods run {steps} steps per dimension of the preference simplex, {steps} on 2 tasks and "
@@ -179,11 +179,14 @@ def run_demo(
     return report
 
 
-def _run_job(n_tasks: int, seed: int, spec: tuple[str, str, dict[str, Any], dict[str, Any]], steps: int) -> MethodRun:
-    """One method on the first `n_tasks` digits tasks, in a worker process (its trained set is not sent back)."""
+def _run_job(job: tuple[str, str, int, int, tuple, int]) -> tuple[str, str, MethodRun]:
+    """One method on the first n_tasks digits tasks, `steps` per simplex dimension, in a worker process (its
+    trained set is not sent back)."""
+    folder, label, n_tasks, seed, spec, steps = job
     problem = MultiTaskDigits(tasks=DEFAULT_TASKS[:n_tasks], seed=seed)
     with torch_threads(1):
-        return replace(run_method(problem, spec, steps, seed, progress=False), result=None)
+        run = run_method(problem, spec, steps * (n_tasks - 1), seed, progress=False)
+    return folder, label, replace(run, result=None)
 
 
 @dataclass
