@@ -152,11 +152,13 @@ def run_demo(
     runs: dict[str, dict[str, MethodRun]] = {folder: {} for folder in TASK_COUNTS}
     workers = max(1, min(workers or os.cpu_count() or 1, len(work)))
     # spawn, not fork: a forked child inherits torch's thread pools in whatever state the parent left them;
-    # leaving the block (done, an error, Ctrl-C) terminates the workers
+    # leaving the block on an error or Ctrl-C terminates the workers
     with multiprocessing.get_context("spawn").Pool(workers) as pool:
         done = pool.imap_unordered(_run_job, work)
         for folder, label, run in tqdm(done, total=len(work), desc="demo methods", disable=not progress):
             runs[folder][label] = run
+        pool.close()  # let the workers exit on their own: a terminated one leaves its semaphores to a warning
+        pool.join()
     sections = [
         "# mooframe demo: multi-task digits",
         f"Trained methods run {steps} steps per dimension of the preference simplex, {steps} on 2 tasks and "
