@@ -30,7 +30,7 @@ def _cmd_solve(args: argparse.Namespace) -> None:
     from mooframe import distributed
     from mooframe.solve import solve
 
-    distributed.init_from_environment(args.device)
+    joined = distributed.init_from_environment(args.device)
     checkpoint_dir = args.checkpoint_dir or args.resume or f"{args.out}-checkpoints"
     result = solve(
         args.problem,
@@ -54,6 +54,8 @@ def _cmd_solve(args: argparse.Namespace) -> None:
     )
     if distributed.is_writer():
         print(f"saved run to {result.save(args.out)}")
+    if joined:
+        distributed.shutdown()
 
 
 def _cmd_select(args: argparse.Namespace) -> None:

@@ -52,6 +52,17 @@ def init_from_environment(device: str) -> bool:
     return True
 
 
+def shutdown() -> None:
+    """Leave the process group once every rank has finished: a barrier, then `destroy_process_group`.
+
+    Call it after a successful run only (a rank that failed never reaches the barrier). Without it gloo may abort
+    at interpreter exit ("terminate called without an active exception").
+    """
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def rank_device(device: str | torch.device) -> torch.device:
     """The device of this rank: a bare "cuda" becomes "cuda:LOCAL_RANK" under torch.distributed."""
     device = torch.device(device)
