@@ -93,37 +93,38 @@ def test_checkpoint_of_a_different_run(checkpoint):
         _resume(checkpoint, model_kwargs={"hidden": 16})
 
 
-def test_checkpoint_with_nan_parameters(checkpoint):
+def _edited_checkpoint_is_refused(checkpoint, edit, message: str) -> None:
+    """`edit` the checkpoint's tensors in place; resuming must then raise one line matching `message`."""
     tensors = load_file(str(checkpoint / TENSORS_FILE))
-    tensors["model/net.0.weight"][0, 0] = float("nan")
+    edit(tensors)
     save_file(tensors, str(checkpoint / TENSORS_FILE))
-    with pytest.raises(
-        ValueError, match=r"step-00000003: non-finite values in trainable parameter 'net.0.weight'"
-    ) as error:
+    with pytest.raises(ValueError, match=message) as error:
         _resume(checkpoint)
     _one_line(error)
+
+
+def test_checkpoint_with_nan_parameters(checkpoint):
+    _edited_checkpoint_is_refused(
+        checkpoint,
+        lambda tensors: tensors["model/net.0.weight"].__setitem__((0, 0), float("nan")),
+        r"step-00000003: non-finite values in trainable parameter 'net.0.weight'",
+    )
 
 
 def test_checkpoint_with_a_mismatched_optimizer_state(checkpoint):
-    tensors = load_file(str(checkpoint / TENSORS_FILE))
-    tensors["optimizer/0/exp_avg"] = torch.zeros(3, 3)
-    save_file(tensors, str(checkpoint / TENSORS_FILE))
-    with pytest.raises(
-        ValueError, match=r"step-00000003: optimizer state 'optimizer/0/exp_avg' has shape \(3, 3\)"
-    ) as error:
-        _resume(checkpoint)
-    _one_line(error)
+    _edited_checkpoint_is_refused(
+        checkpoint,
+        lambda tensors: tensors.update({"optimizer/0/exp_avg": torch.zeros(3, 3)}),
+        r"step-00000003: optimizer state 'optimizer/0/exp_avg' has shape \(3, 3\)",
+    )
 
 
 def test_checkpoint_missing_a_tensor(checkpoint):
-    tensors = load_file(str(checkpoint / TENSORS_FILE))
-    del tensors["rng/torch"]
-    save_file(tensors, str(checkpoint / TENSORS_FILE))
-    with pytest.raises(
-        ValueError, match=r"checkpoint .* is incomplete or malformed \(KeyError: 'rng/torch'\)"
-    ) as error:
-        _resume(checkpoint)
-    _one_line(error)
+    _edited_checkpoint_is_refused(
+        checkpoint,
+        lambda tensors: tensors.pop("rng/torch"),
+        r"checkpoint .* is incomplete or malformed \(KeyError: 'rng/torch'\)",
+    )
 
 
 def test_missing_checkpoint_directory(tmp_path):
