@@ -50,7 +50,7 @@ def test_pwe_moe_has_a_higher_hypervolume_than_task_arithmetic(two_tasks):
 
 @pytest.mark.slow
 def test_epo_is_at_least_as_close_to_the_preference_rays_as_ls_on_the_training_losses(two_tasks):
-    """EPO steers the training losses onto the rays (measured on the 11-point grid: EPO 0.0071, LS 0.0274)."""
+    """EPO steers the training losses onto the rays (measured on the 11-point grid: EPO 0.0061, LS 0.0274)."""
     problem, runs = two_tasks
     held_out = problem.test_data
     problem.test_data = problem.train_data
@@ -65,7 +65,7 @@ def test_epo_is_at_least_as_close_to_the_preference_rays_as_ls_on_the_training_l
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="not met on held-out data: measured ray deviation EPO 0.044 > LS 0.014")
+@pytest.mark.xfail(strict=True, reason="not met on held-out data: measured ray deviation EPO 0.030 > LS 0.014")
 def test_epo_is_at_least_as_close_to_the_preference_rays_as_ls_on_test_losses(two_tasks):
     _, runs = two_tasks
     assert ray_deviation(runs["PWE-MoE (EPO)"].front) <= ray_deviation(runs["PWE-MoE (LS)"].front)

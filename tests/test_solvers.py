@@ -11,7 +11,7 @@ from mooframe.pareto_set import ParetoSetModel
 from mooframe.problem import Problem
 from mooframe.registry import SOLVERS, build_solver
 from mooframe.solver import Solver
-from mooframe.solvers.epo import BACKENDS, EPO, adjustment, non_uniformity
+from mooframe.solvers.epo import BACKENDS, EPO, adjustment, balance_scale, non_uniformity
 from mooframe.solvers.ls import LinearScalarization
 from mooframe.solvers.mgda import min_norm_weights
 from mooframe.solvers.smooth_tchebycheff import SmoothTchebycheff
@@ -126,6 +126,16 @@ def test_gram_solvers_are_well_defined_for_zero_gradients_and_one_objective(name
     assert w.tolist() == pytest.approx([1 / 3] * 3 if name == "mgda" else [0.2, 0.3, 0.5])
 
 
+@pytest.mark.parametrize("r1", [1e-2, 1e-6, 0.0])
+def test_epo_at_and_near_a_vertex_descends_the_preferred_loss_alone(r1):
+    # conflicting gradients (g1 . g2 < 0); r l is far from uniform towards task 2, whose ray lies beyond the front:
+    # EPO must give up task 1 for task 2 (alpha = e_2), as it does at the vertex itself
+    grads = torch.tensor([[1.0, 0.2], [-0.5, 1.0]], dtype=torch.float64)
+    solver = EPO()
+    alpha = solver.weights(torch.tensor([1.0, 0.1]), torch.tensor([r1, 1 - r1]), grads @ grads.T)
+    assert alpha.tolist() == pytest.approx([0.0, 1.0], abs=1e-9)
+
+
 def test_epo_falls_back_to_relaxed_lp_then_ls_weights_and_counts_it(monkeypatch):
     from mooframe.solvers import epo
 
@@ -148,7 +158,7 @@ def test_epo_backends_reach_the_same_lp_optimum(mode_losses):
     assert solvers["simplex"].stats() == solvers["highs"].stats() == solvers["osqp"].stats()
     # the LP optimum value is unique even where the optimal weights are not
     balance = solvers["simplex"].stats()["balance"] == 1
-    direction = gram @ adjustment(pref, losses) if balance else gram.sum(0)
+    direction = gram @ balance_scale(adjustment(pref, losses)) if balance else gram.sum(0)
     assert w["simplex"] @ direction == pytest.approx(w["highs"] @ direction, rel=1e-9, abs=1e-12)
     assert w["simplex"] @ direction == pytest.approx(w["osqp"] @ direction, rel=1e-4, abs=1e-6)
 
@@ -162,8 +172,8 @@ def _reference_epo(losses: np.ndarray, pref: np.ndarray, gram: np.ndarray, eps: 
     import cvxpy as cp
 
     n, c, rl, slack = len(losses), gram / np.abs(gram).max(), pref * losses, 1e-6
-    ca, x = c @ adjustment(pref, losses), cp.Variable(n)
-    balance = non_uniformity(rl) > eps
+    balance, x = non_uniformity(rl) > eps, cp.Variable(n)
+    ca = c @ (balance_scale(adjustment(pref, losses)) if balance else adjustment(pref, losses))
     descent = (lambda v: np.ones(n) @ (c @ v), lambda v: [c @ v + slack])
     if not balance:
         lp = (descent[0], lambda v: [ca @ v - min(ca.max(), 0) + slack, c @ v + slack])

@@ -79,6 +79,10 @@ class EPO(Solver):
         c = c / scale  # the LPs are invariant to scaling C; unit scale suits the LP tolerances
         mode = "balance" if mu > self.eps else "descent"
         self._counts[mode] += 1
+        if mode == "balance" and np.abs(a).max() <= _TINY:
+            # r on the simplex's boundary with r l uniform on r's support (a vertex, say): the ray is met there and
+            # the losses outside the support carry no preference, so descend the preferred ones alone
+            return torch.as_tensor(r)
         alpha = self._lps.solve(mode, balance_lp(c, a, r * loss) if mode == "balance" else descent_lp(c, a))
         if alpha is None:
             self._counts["relaxed_fallbacks"] += 1
@@ -111,6 +115,16 @@ def adjustment(r: np.ndarray, losses: np.ndarray) -> np.ndarray:
     return r * (np.log(l_hat * len(rl)) - non_uniformity(rl))
 
 
+def balance_scale(a: np.ndarray) -> np.ndarray:
+    """a / max_t |a_t|: the ascent the balance LP allows, (C a)_j, on the scale of C alpha for alpha on the simplex.
+
+    Unscaled, a vanishes near the simplex's vertices (a ~ l_hat_t log(1 / l_hat_t) as r_t -> 0), and with it the
+    ascent allowed on the unpreferred losses: EPO then stops short of the experts at e_t (docs/solvers.md).
+    """
+    peak = np.abs(a).max()
+    return a / peak if peak > 0 else a
+
+
 class LP(NamedTuple):
     """max cost^T alpha  s.t.  alpha >= 0, sum(alpha) = 1, rows @ alpha >= lower."""
 
@@ -121,8 +135,8 @@ class LP(NamedTuple):
 
 def balance_lp(c: np.ndarray, a: np.ndarray, rl: np.ndarray) -> LP:
     """max alpha^T C a  s.t.  (C alpha)_j >= (C a)_j where (C a)_j <= 0, (C alpha)_j >= 0 for the largest r_j l_j
-    (C alpha >= 0 when no (C a)_j > 0)."""
-    ca = c @ a
+    (C alpha >= 0 when no (C a)_j > 0), with a scaled to unit max entry (`balance_scale`)."""
+    ca = c @ balance_scale(a)
     active = ca <= 0  # losses that must not rise faster than the adjustment asks
     if active.all():
         rhs = np.zeros(len(ca))
