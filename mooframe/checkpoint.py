@@ -34,7 +34,7 @@ FORMAT = "mooframe-checkpoint/1"
 STATE_FILE, TENSORS_FILE = "state.json", "tensors.safetensors"
 _STEP_FOLDER = re.compile(r"step-(\d{8})")
 #: settings a resumed run must share with the run that wrote the checkpoint.
-RESUME_KEYS = ("steps", "lr", "optimizer", "lr_schedule", "alpha", "seed", "problem", "model", "solver")
+RESUME_KEYS = ("steps", "lr", "optimizer", "lr_schedule", "warmup_steps", "alpha", "seed", "problem", "model", "solver")
 
 
 @dataclass

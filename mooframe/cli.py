@@ -40,6 +40,7 @@ def _cmd_solve(args: argparse.Namespace) -> None:
         lr=args.lr,
         optimizer=args.optimizer,
         lr_schedule=args.lr_schedule,
+        warmup_steps=args.warmup_steps,
         alpha=args.alpha,
         seed=args.seed,
         device=args.device,
@@ -144,6 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
     solve.add_argument("--lr", type=float, default=1e-2)
     solve.add_argument("--optimizer", default="adam", choices=["adam", "adamw", "sgd"])
     solve.add_argument("--lr-schedule", default="cosine", choices=["cosine", "constant"])
+    solve.add_argument(
+        "--warmup-steps", type=int, default=None, help="linear lr warm-up steps (default: the model's; PWE-MoE 100)"
+    )
     solve.add_argument("--alpha", type=float, default=1.0, help="Dirichlet concentration of the preferences")
     solve.add_argument("--seed", type=int, default=0)
     solve.add_argument("--device", default="cpu")

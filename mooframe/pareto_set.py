@@ -41,6 +41,8 @@ class ParetoSetModel(nn.Module, ABC):
     """
 
     registry_name: str | None = None
+    #: steps of linear learning-rate warm-up `solve()` uses when not told (at most a tenth of its steps)
+    default_warmup_steps: int = 0
 
     def __init__(self, problem: Problem) -> None:
         super().__init__()

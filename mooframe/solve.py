@@ -6,8 +6,10 @@ Each step draws one preference r ~ Dirichlet(alpha), builds the solution for r o
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -42,6 +44,7 @@ def solve(
     lr: float = 1e-2,
     optimizer: str = "adam",
     lr_schedule: str = "cosine",
+    warmup_steps: int | None = None,
     alpha: float = 1.0,
     seed: int = 0,
     device: str | torch.device = "cpu",
@@ -60,6 +63,8 @@ def solve(
         problem, model, solver: registered names (see `mooframe list`) or instances.
         steps: optimizer steps, one preference each.
         lr: learning rate; `lr_schedule="cosine"` decays it to 0.1 * lr (the PWE-MoE schedule).
+        warmup_steps: steps over which the learning rate rises linearly to `lr` before the schedule starts;
+            default: the model's `default_warmup_steps` (100 for PWE-MoE, else 0), at most a tenth of `steps`.
         optimizer: "adam", "adamw" or "sgd".
         alpha: concentration of the Dirichlet distribution preferences are drawn from (1 = uniform).
         seed: seeds model initialization, preference draws and batch order; runs on CPU are deterministic.
@@ -88,6 +93,8 @@ def solve(
         raise ValueError(f"unknown on_nonfinite {on_nonfinite!r}; known: {', '.join(ON_NONFINITE)}")
     if checkpoint_every < 0:
         raise ValueError(f"checkpoint_every must be >= 0 (0: only on Ctrl-C), got {checkpoint_every}")
+    if warmup_steps is not None and not 0 <= warmup_steps <= steps:
+        raise ValueError(f"warmup_steps must be between 0 and steps = {steps}, got {warmup_steps}")
     device = distributed.rank_device(device)
     torch.manual_seed(seed)
     problem = build_problem(problem, **(problem_kwargs or {})).to(device)
@@ -101,10 +108,13 @@ def solve(
         logger.info("%s has no trainable parameters: nothing to train", type(model).__name__)
         steps = 0
     distributed.broadcast_parameters(params)
+    if warmup_steps is None:
+        warmup_steps = min(model.default_warmup_steps, steps // 10)
     opt = OPTIMIZERS[optimizer](params, lr=lr) if params else None
-    schedule = _lr_schedule(opt, lr_schedule, steps) if opt else None
+    schedule = _lr_schedule(opt, lr_schedule, steps, warmup_steps) if opt else None
 
-    settings = {"steps": steps, "lr": lr, "optimizer": optimizer, "lr_schedule": lr_schedule, "alpha": alpha}
+    settings = {"steps": steps, "lr": lr, "optimizer": optimizer, "lr_schedule": lr_schedule}
+    settings.update(warmup_steps=warmup_steps, alpha=alpha)
     settings.update(seed=seed, device=str(device), world_size=distributed.world_size())
     identity = {**settings, "problem": problem.spec(), "model": model.spec(), "solver": solver.spec()}
     state = TrainingState(model, opt, schedule, solver, np.random.default_rng(seed), settings=identity)
@@ -256,8 +266,18 @@ def _write_checkpoint(state: TrainingState, directory: str | Path | None) -> Non
         logger.info("wrote checkpoint %s", state.save(directory))
 
 
-def _lr_schedule(opt: torch.optim.Optimizer, kind: str, steps: int) -> torch.optim.lr_scheduler.LRScheduler:
-    if kind == "constant" or steps == 0:
-        return torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
-    base_lr = opt.param_groups[0]["lr"]
-    return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps, eta_min=0.1 * base_lr)
+def _lr_schedule(
+    opt: torch.optim.Optimizer, kind: str, steps: int, warmup_steps: int
+) -> torch.optim.lr_scheduler.LRScheduler:
+    return torch.optim.lr_scheduler.LambdaLR(opt, functools.partial(lr_factor, kind, steps, warmup_steps))
+
+
+def lr_factor(kind: str, steps: int, warmup_steps: int, step: int) -> float:
+    """The learning rate of `step` over the base one: linear warm-up over `warmup_steps` steps (1/w, 2/w, ..., 1),
+    then 1 ("constant") or a cosine from 1 at the end of the warm-up to 0.1 after the last step ("cosine")."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if kind == "constant":
+        return 1.0
+    progress = (step - warmup_steps) / max(steps - warmup_steps, 1)
+    return 0.1 + 0.45 * (1.0 + math.cos(math.pi * progress))

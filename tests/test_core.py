@@ -11,6 +11,7 @@ import torch
 from mooframe import ParetoSetResult, solve
 from mooframe.preferences import check_preference, sample_preferences, uniform_grid
 from mooframe.registry import build_problem
+from mooframe.solve import lr_factor
 from mooframe.solvers.ls import LinearScalarization
 
 
@@ -111,3 +112,28 @@ def test_zdt1_hypernet_ls_covers_the_true_front():
     hv = HV(ref_point=np.array([1.1, 1.1]))
     ratio = hv(result.front(n=101).objectives) / hv(result.problem.true_front(1000))
     assert ratio >= 0.97
+
+
+@pytest.mark.parametrize("kind", ["cosine", "constant"])
+def test_warmup_rises_linearly_then_follows_the_schedule(kind):
+    steps, warmup = 50, 10
+    factors = [lr_factor(kind, steps, warmup, step) for step in range(steps + 1)]
+    assert factors[:warmup] == pytest.approx([(i + 1) / warmup for i in range(warmup)])
+    # after the warm-up: torch's own schedule over the remaining steps
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    reference = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps - warmup, eta_min=0.1)
+    expected = []
+    for _ in range(steps - warmup + 1):
+        expected.append(opt.param_groups[0]["lr"] if kind == "cosine" else 1.0)
+        opt.step()
+        reference.step()
+    assert factors[warmup:] == pytest.approx(expected, abs=1e-12)
+
+
+def test_warmup_defaults_to_the_models_and_is_checked(tiny_merging_problem):
+    assert solve("zdt1", "hypernet", steps=40, progress=False).settings["warmup_steps"] == 0
+    # PWE-MoE's 100 steps, capped at a tenth of a short run
+    pwe_moe = solve(tiny_merging_problem, "pwe_moe", steps=40, progress=False, model_kwargs={"upscale": [".*"]})
+    assert pwe_moe.settings["warmup_steps"] == 4
+    with pytest.raises(ValueError, match="warmup_steps must be between 0 and steps = 40, got 41"):
+        solve("zdt1", "hypernet", steps=40, warmup_steps=41, progress=False)

@@ -12,7 +12,8 @@ from mooframe.report import compare_fronts
 from mooframe.result import Front
 
 COMPARED = {label: METHODS[label] for label in ("PWE-MoE (LS)", "PWE-MoE (EPO)", "task arithmetic")}
-#: measured at the demo's 1000 steps, seed 0: PWE-MoE (LS) reaches 0.976 and 1.011 of the experts' gain at e_1, e_2
+#: measured at the demo's 1000 steps, seed 0: PWE-MoE (LS) reaches 1.036 and 1.065 of the experts' gain at e_1, e_2
+#: (at training seeds 0-7 the smallest fraction was >= 0.9 at 7 seeds, 0.893 at the eighth)
 GAIN_FRACTION = 0.9
 RAYS = [[0.2, 0.8], [0.5, 0.5], [0.8, 0.2]]
 
@@ -50,7 +51,7 @@ def test_pwe_moe_has_a_higher_hypervolume_than_task_arithmetic(two_tasks):
 
 @pytest.mark.slow
 def test_epo_is_at_least_as_close_to_the_preference_rays_as_ls_on_the_training_losses(two_tasks):
-    """EPO steers the training losses onto the rays (measured on the 11-point grid: EPO 0.0061, LS 0.0274)."""
+    """EPO steers the training losses onto the rays (measured on the 11-point grid: EPO 0.0051, LS 0.0592)."""
     problem, runs = two_tasks
     held_out = problem.test_data
     problem.test_data = problem.train_data
@@ -65,7 +66,7 @@ def test_epo_is_at_least_as_close_to_the_preference_rays_as_ls_on_the_training_l
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="not met on held-out data: measured ray deviation EPO 0.030 > LS 0.014")
+@pytest.mark.xfail(strict=True, reason="not met on held-out data: measured ray deviation EPO 0.029 > LS 0.011")
 def test_epo_is_at_least_as_close_to_the_preference_rays_as_ls_on_test_losses(two_tasks):
     _, runs = two_tasks
     assert ray_deviation(runs["PWE-MoE (EPO)"].front) <= ray_deviation(runs["PWE-MoE (LS)"].front)

@@ -27,7 +27,14 @@ class PWEMoE(LinearMergingModel):
         task_vector_dtype: "float32" merges from the problem's experts and stores no task vector; "bfloat16"
             keeps the up-scaled task vectors rounded to bfloat16 in a dictionary of their own (memory added, to
             see what the rounding does to the front).
+
+    `solve()` warms its learning rate up over 100 steps by default (`default_warmup_steps`): Adam's first steps
+    move every weight by about lr = 1e-2, the size of W1 itself, and as r >= 0 a row of W1 gets a gradient of
+    one sign, so without warm-up a third of the routers' hidden units die (relu(W1 r + b1) = 0 on the whole
+    simplex) in the first step and some routers end constant in r (docs/pwe-moe.md).
     """
+
+    default_warmup_steps = 100
 
     def __init__(
         self,
