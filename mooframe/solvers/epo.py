@@ -32,6 +32,10 @@ class EPO(Solver):
       (C alpha)_j >= 0 for the j of largest r_j l_j;
     - descent (mu <= eps): max 1^T C alpha  s.t.  alpha^T C a >= min(max_j (C a)_j, 0),  C alpha >= 0.
 
+    Unlike the paper, the balance LP takes a scaled to unit max entry, and where a = 0 with mu > eps (r on the
+    simplex's boundary, e.g. a vertex) EPO returns alpha = r: near the vertices the paper's a vanishes and its LP
+    forbids the ascent on the unpreferred losses that the ray asks for (docs/solvers.md).
+
     All three LPs read max cost^T alpha over the simplex s.t. rows alpha >= lower (`balance_lp`, `descent_lp`,
     `relaxed_lp`), with T variables and at most T + 1 rows. The default backend solves them with `simplex_lp`, a
     dense simplex method written for these sizes; HiGHS solves them through highspy (one persistent model per LP,
