@@ -13,7 +13,7 @@ import argparse
 
 import numpy as np
 
-from mooframe.demo import ALPHA, DEFAULT_TASKS, ray_deviation
+from mooframe.demo import ALPHA, DEFAULT_TASKS, ray_deviation, training_front
 from mooframe.problems.digits import MultiTaskDigits, torch_threads
 from mooframe.report import evaluation_preferences
 from mooframe.solve import solve
@@ -25,17 +25,12 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="training seed (the problem is the demo's)")
     args = parser.parse_args()
     problem = MultiTaskDigits(tasks=DEFAULT_TASKS[:2])
-    prefs, test_data = evaluation_preferences(2, 11), problem.test_data
+    prefs = evaluation_preferences(2, 11)
     for solver in ("ls", "epo"):
         with torch_threads(1):
             result = solve(problem, "pwe_moe", solver, steps=1000, alpha=ALPHA, seed=args.seed, progress=False,
                            model_kwargs={"upscale": "attention_mlp"})  # fmt: skip
-            fronts = {"test": result.front(prefs, progress=False)}
-            problem.test_data = problem.train_data
-            try:
-                fronts["train"] = result.front(prefs, progress=False)
-            finally:
-                problem.test_data = test_data
+            fronts = {"test": result.front(prefs), "train": training_front(result, prefs)}
         print(f"PWE-MoE ({solver.upper()})")
         for i, r in enumerate(prefs):
             cells = [f"{split} l {np.round(f.metrics['loss'][i], 3)} mu {non_uniformity(r * f.metrics['loss'][i]):.4f}"

@@ -128,6 +128,16 @@ def ray_deviation(front: Front) -> float | None:
     return float(np.mean([non_uniformity(r * loss) for r, loss in zip(rays, losses, strict=True)]))
 
 
+def training_front(result: ParetoSetResult, prefs: np.ndarray | list) -> Front:
+    """`result`'s front at `prefs` evaluated on its merging problem's training data instead of its test data."""
+    problem = result.problem
+    test_data, problem.test_data = problem.test_data, problem.train_data
+    try:
+        return result.front(prefs)
+    finally:
+        problem.test_data = test_data
+
+
 def run_demo(
     out: str | Path = "runs/demo",
     steps: int = 1000,

@@ -113,9 +113,8 @@ def solve(
     opt = OPTIMIZERS[optimizer](params, lr=lr) if params else None
     schedule = _lr_schedule(opt, lr_schedule, steps, warmup_steps) if opt else None
 
-    settings = {"steps": steps, "lr": lr, "optimizer": optimizer, "lr_schedule": lr_schedule}
-    settings.update(warmup_steps=warmup_steps, alpha=alpha)
-    settings.update(seed=seed, device=str(device), world_size=distributed.world_size())
+    settings = {"steps": steps, "lr": lr, "optimizer": optimizer, "lr_schedule": lr_schedule, "alpha": alpha}
+    settings.update(warmup_steps=warmup_steps, seed=seed, device=str(device), world_size=distributed.world_size())
     identity = {**settings, "problem": problem.spec(), "model": model.spec(), "solver": solver.spec()}
     state = TrainingState(model, opt, schedule, solver, np.random.default_rng(seed), settings=identity)
     if resume is not None:
