@@ -2,9 +2,10 @@
 losses (which the solvers see) and on the test losses (which the demo reports), preference by preference.
 
 Prints, per preference r on the demo's 11-point grid, the cross-entropies l and the non-uniformity mu(r l) of
-both splits, then the ray deviation (mean mu over the interior preferences) of each split.
+both splits, then the ray deviation (mean mu over the interior preferences) of each split. With --merge-fraction
+the routers train on that fraction of the training split, held out from the experts' build.
 
-    PYTHONPATH=. python benchmarks/digits_rays.py [--seed 0]
+    PYTHONPATH=. python benchmarks/digits_rays.py [--seed 0] [--merge-fraction 0.2]
 """
 
 from __future__ import annotations
@@ -23,8 +24,9 @@ from mooframe.solvers.epo import non_uniformity
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seed", type=int, default=0, help="training seed (the problem is the demo's)")
+    parser.add_argument("--merge-fraction", type=float, default=0.0, help="see MultiTaskDigits (default 0)")
     args = parser.parse_args()
-    problem = MultiTaskDigits(tasks=DEFAULT_TASKS[:2])
+    problem = MultiTaskDigits(tasks=DEFAULT_TASKS[:2], merge_fraction=args.merge_fraction)
     prefs = evaluation_preferences(2, 11)
     for solver in ("ls", "epo"):
         with torch_threads(1):

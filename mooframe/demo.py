@@ -59,6 +59,7 @@ class MethodRun:
     eval_seconds: float
     peak_memory_mb: float | None
     result: ParetoSetResult | None = None  # the trained set (None for the experts)
+    train_ray_deviation: float | None = None  # `ray_deviation` of the front on the training losses
 
 
 def run_methods(
@@ -101,8 +102,11 @@ def run_method(
         )
         trained = time.perf_counter()
         front = result.front(prefs, progress=progress)
+    evaluated = time.perf_counter()
     trainable = sum(p.numel() for p in result.model.trainable_parameters())
-    return MethodRun(front, trainable, trained - start, time.perf_counter() - trained, peak.mb, result)
+    interior = prefs[np.all(prefs > 0, axis=1)]  # the only preferences the ray deviation reads
+    train_deviation = ray_deviation(training_front(result, interior)) if len(interior) else None
+    return MethodRun(front, trainable, trained - start, evaluated - trained, peak.mb, result, train_deviation)
 
 
 def expert_front(problem: MergingProblem) -> Front:
@@ -117,7 +121,7 @@ def expert_front(problem: MergingProblem) -> Front:
 
 
 def ray_deviation(front: Front) -> float | None:
-    """Mean EPO non-uniformity mu(r l) of the test cross-entropies l over the front's interior preferences.
+    """Mean EPO non-uniformity mu(r l) of the front's cross-entropies l over its interior preferences.
 
     mu(r l) = sum_t l_hat_t log(T l_hat_t) with l_hat = r l / sum(r l): 0 exactly on the preference ray.
     """
@@ -175,7 +179,8 @@ def run_demo(
         f"Trained methods run {steps} steps per dimension of the preference simplex, {steps} on 2 tasks and "
         f"{2 * steps} on 3 (Dirichlet alpha {ALPHA}, seed {seed}; PWE-MoE's learning rate warms up over "
         f"{PWEMoE.default_warmup_steps} steps); objectives are test errors 1 - accuracy; ray deviation is the mean "
-        "EPO non-uniformity of the test losses at interior preferences.",
+        "EPO non-uniformity of the losses at interior preferences, on the training split (the losses the solvers "
+        "see) and on the test split.",
     ]
     for folder, problem in problems.items():
         with torch_threads(1):
@@ -266,5 +271,6 @@ def _extras(run: MethodRun) -> dict[str, Any]:
         "train (s)": round(run.train_seconds, 1),
         "eval (s)": round(run.eval_seconds, 1),
         "peak mem (MB)": None if run.peak_memory_mb is None else round(run.peak_memory_mb, 1),
-        "ray deviation": ray_deviation(run.front),
+        "ray dev. (train)": run.train_ray_deviation,
+        "ray dev. (test)": ray_deviation(run.front),
     }

@@ -56,7 +56,7 @@ def test_split_is_deterministic_and_disjoint():
 
 
 def test_a_second_build_reuses_the_cache(digits_cache, monkeypatch):
-    def no_rebuild(seed):
+    def no_rebuild(seed, merge_fraction):
         raise AssertionError("the cached build should have been reused")
 
     monkeypatch.setattr(digits, "build", no_rebuild)
@@ -89,7 +89,7 @@ def test_a_corrupt_cache_is_detected_and_rebuilt(digits_cache, tmp_path, monkeyp
         manifest.unlink()
     builds = []
 
-    def rebuild(seed):  # stands in for the 40 s build: returns the same tensors it would
+    def rebuild(seed, merge_fraction):  # stands in for the 40 s build: returns the same tensors it would
         builds.append(seed)
         return load_file(str(source))
 
@@ -99,6 +99,34 @@ def test_a_corrupt_cache_is_detected_and_rebuilt(digits_cache, tmp_path, monkeyp
     assert target.read_bytes() == source.read_bytes()
     MultiTaskDigits(cache_dir=str(tmp_path))  # the rewritten cache is valid: no second rebuild
     assert builds == [0]
+
+
+def test_a_merge_fraction_trains_the_merge_on_digits_the_build_never_saw(digits_cache, tmp_path, monkeypatch):
+    builds = []
+
+    def build(seed, merge_fraction):  # stands in for the build on the rest of the training split
+        builds.append((seed, merge_fraction))
+        return load_file(str(cache_path(digits_cache, 0)))
+
+    monkeypatch.setattr(digits, "build", build)
+    problem = build_problem("digits", tasks=["upright", "rotated"], cache_dir=str(tmp_path), merge_fraction=0.2)
+    assert builds == [(0, 0.2)] and cache_path(tmp_path, 0, 0.2).name == "seed0-merge0.2.safetensors"
+    assert cache_path(tmp_path, 0, 0.2).is_file() and not cache_path(tmp_path, 0).exists()
+    train, _ = digits.split_digits(0)
+    rest, held_out = digits.hold_out(train, 0.2)
+    assert len(held_out[1]) == round(0.2 * len(train[1])) and len(rest[1]) + len(held_out[1]) == len(train[1])
+    merge_images, merge_labels = problem.train_data[1].tensors
+    assert torch.equal(merge_labels, held_out[1])
+    assert torch.equal(merge_images, digits.task_dataset(held_out, "rotated").tensors[0])
+    assert problem.spec()["kwargs"]["merge_fraction"] == 0.2
+    MultiTaskDigits(tasks=["upright"], cache_dir=str(tmp_path), merge_fraction=0.2)
+    assert len(builds) == 1  # its own cache, reused
+
+
+@pytest.mark.parametrize("fraction", [-0.1, 1.0])
+def test_a_merge_fraction_outside_0_1_is_rejected(fraction):
+    with pytest.raises(ValueError, match=r"merge_fraction must be in \[0, 1\)"):
+        MultiTaskDigits(merge_fraction=fraction)
 
 
 def test_cache_dir_follows_the_environment(monkeypatch, tmp_path):

@@ -132,8 +132,10 @@ def test_epo_at_and_near_a_vertex_descends_the_preferred_loss_alone(r1):
     # EPO must give up task 1 for task 2 (alpha = e_2), as it does at the vertex itself
     grads = torch.tensor([[1.0, 0.2], [-0.5, 1.0]], dtype=torch.float64)
     solver = EPO()
+    solver.reset(2)
     alpha = solver.weights(torch.tensor([1.0, 0.1]), torch.tensor([r1, 1 - r1]), grads @ grads.T)
     assert alpha.tolist() == pytest.approx([0.0, 1.0], abs=1e-9)
+    assert solver.stats()["vertex" if r1 == 0 else "balance"] == 1  # the vertex itself needs no LP
 
 
 def test_epo_falls_back_to_relaxed_lp_then_ls_weights_and_counts_it(monkeypatch):
@@ -222,7 +224,9 @@ def test_epo_infeasible_descent_lp_falls_back_to_the_relaxed_lp():
     assert (balance, fallbacks) == (False, 1)  # no alpha on the simplex has alpha^T C a >= 0 and C alpha >= 0
     solver = EPO()
     alpha = solver.weights(*map(torch.tensor, (losses, pref, grads @ grads.T))).numpy()
-    assert solver.stats() == {"balance": 0, "descent": 1, "relaxed_fallbacks": 1, "ls_fallbacks": 0, "inaccurate": 0}
+    assert solver.stats() == {
+        "balance": 0, "descent": 1, "vertex": 0, "relaxed_fallbacks": 1, "ls_fallbacks": 0, "inaccurate": 0
+    }  # fmt: skip
     np.testing.assert_allclose(alpha, expected, atol=1e-7)
 
 
@@ -299,7 +303,7 @@ def test_every_solver_trains_the_hypernet_on_zdt1(name):
     assert result.history["loss"][-1].sum() < result.history["loss"][0].sum()
     if name == "epo":
         stats = result.settings["solver_stats"]
-        assert stats["balance"] + stats["descent"] == 6 and stats["ls_fallbacks"] == 0
+        assert stats["balance"] + stats["descent"] + stats["vertex"] == 6 and stats["ls_fallbacks"] == 0
 
 
 @pytest.mark.parametrize(

@@ -6,6 +6,7 @@ Each task classifies the 8x8 digits (`sklearn.datasets.load_digits`, no download
 ViT-B/32) is pretrained on a pretext task (which of four rotations was applied), every task gets a linear head
 fitted on the pretrained features and frozen, and one expert per task is fine-tuned from the pretrained weights
 under that head. The build is deterministic and cached as safetensors + JSON in the user cache directory.
+Optionally a fraction of the training digits is held out from the build and becomes the merge's training data.
 """
 
 from __future__ import annotations
@@ -63,13 +64,17 @@ RECIPE = dict(
 class MultiTaskDigits(MergingProblem):
     """Digit classification under T transforms, merged from T experts of a tiny CLIP vision transformer.
 
-    Objectives are the per-task errors 1 - accuracy on a held-out split (30% of the 1797 digits).
+    Objectives are the per-task errors 1 - accuracy on a held-out split (30% of the 1797 digits). The merge trains
+    on the experts' training split, or with `merge_fraction` > 0 on that fraction of it, held out from the build
+    (pretraining, heads and experts), so that the merge's training losses are unbiased estimates of its test losses.
 
     Args:
         tasks: transform names, at least one, each at most once; known: upright, rotated, inverted, mirrored,
             upside_down.
         seed: seeds the data split, the pretraining and the fine-tuning; each seed is built and cached once.
         batch_size: training examples per task per step.
+        merge_fraction: fraction of the training split held out from the build as the merge's training data, in
+            [0, 1); 0 (default) trains the merge on the experts' own training data. Each value is built once.
         cache_dir: where the build is cached; default $MOOFRAME_CACHE, else $XDG_CACHE_HOME/mooframe, else
             ~/.cache/mooframe.
     """
@@ -80,6 +85,7 @@ class MultiTaskDigits(MergingProblem):
         seed: int = 0,
         batch_size: int = 16,
         cache_dir: str | None = None,
+        merge_fraction: float = 0.0,
     ) -> None:
         tasks = list(tasks)
         unknown = [t for t in tasks if t not in TRANSFORMS]
@@ -87,14 +93,18 @@ class MultiTaskDigits(MergingProblem):
             raise ValueError(
                 f"tasks {tasks} must be distinct names among {', '.join(TRANSFORMS)} (at least one); unknown: {unknown}"
             )
-        self.tasks, self.seed, self.cache_dir = tasks, seed, cache_dir
+        if not 0 <= merge_fraction < 1:
+            raise ValueError(f"merge_fraction must be in [0, 1), got {merge_fraction}")
+        self.tasks, self.seed, self.cache_dir, self.merge_fraction = tasks, seed, cache_dir, merge_fraction
         train, test = split_digits(seed)
-        pretrained, heads, experts = load_or_build(seed, cache_path(cache_dir, seed))
+        build_split, merge_split = hold_out(train, merge_fraction)
+        path = cache_path(cache_dir, seed, merge_fraction)
+        pretrained, heads, experts = load_or_build(seed, path, merge_fraction)
         super().__init__(
             pretrained,
             [experts[t] for t in tasks],
             [heads[t] for t in tasks],
-            [task_dataset(train, t) for t in tasks],
+            [task_dataset(merge_split if merge_fraction else build_split, t) for t in tasks],
             [task_dataset(test, t) for t in tasks],
             task_names=tasks,
             batch_size=batch_size,
@@ -111,9 +121,10 @@ def default_cache_dir() -> Path:
     return Path.home() / ".cache" / "mooframe"
 
 
-def cache_path(cache_dir: str | os.PathLike | None, seed: int) -> Path:
-    """The safetensors file of the build for `seed` (its JSON manifest sits beside it)."""
-    return Path(cache_dir or default_cache_dir()) / "digits" / f"seed{seed}.safetensors"
+def cache_path(cache_dir: str | os.PathLike | None, seed: int, merge_fraction: float = 0.0) -> Path:
+    """The safetensors file of the build for `seed` and `merge_fraction` (its JSON manifest sits beside it)."""
+    name = f"seed{seed}" + (f"-merge{merge_fraction:g}" if merge_fraction else "")
+    return Path(cache_dir or default_cache_dir()) / "digits" / f"{name}.safetensors"
 
 
 def split_digits(seed: int) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
@@ -125,6 +136,15 @@ def split_digits(seed: int) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[to
     n_test = int(RECIPE["test_fraction"] * len(labels))
     test, train = order[:n_test], order[n_test:]
     return (images[train], labels[train]), (images[test], labels[test])
+
+
+def hold_out(
+    split: tuple[torch.Tensor, torch.Tensor], fraction: float
+) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    """(the rest, the held-out part): the first `fraction` of `split` (already shuffled) held out."""
+    images, labels = split
+    n = round(fraction * len(labels))
+    return (images[n:], labels[n:]), (images[:n], labels[:n])
 
 
 def task_dataset(split: tuple[torch.Tensor, torch.Tensor], task: str) -> TensorDataset:
@@ -139,16 +159,16 @@ def new_backbone() -> HFCLIPVisionBackbone:
 
 
 def load_or_build(
-    seed: int, path: Path
+    seed: int, path: Path, merge_fraction: float = 0.0
 ) -> tuple[HFCLIPVisionBackbone, dict[str, nn.Linear], dict[str, dict[str, torch.Tensor]]]:
     """The pretrained backbone, the frozen heads and the expert state dicts of every task, from the cache.
 
     A missing, stale or corrupt cache (checked against the SHA-256 in its JSON manifest) is rebuilt.
     """
-    tensors = _read_cache(path)
+    tensors = _read_cache(path, merge_fraction)
     if tensors is None:
-        tensors = build(seed)
-        _write_cache(path, tensors)
+        tensors = build(seed, merge_fraction)
+        _write_cache(path, tensors, merge_fraction)
     pretrained = new_backbone()
     pretrained.load_state_dict(_prefixed(tensors, "pretrained."))
     heads = {}
@@ -159,10 +179,11 @@ def load_or_build(
     return pretrained, heads, experts
 
 
-def build(seed: int) -> dict[str, torch.Tensor]:
-    """Pretrain on the rotation pretext task, fit a frozen head per task, fine-tune one expert per task."""
+def build(seed: int, merge_fraction: float = 0.0) -> dict[str, torch.Tensor]:
+    """Pretrain on the rotation pretext task, fit a frozen head per task, fine-tune one expert per task, all on
+    the training split less its held-out `merge_fraction`."""
     with torch_threads(1):
-        return _build(seed)
+        return _build(seed, merge_fraction)
 
 
 @contextmanager
@@ -180,9 +201,9 @@ def torch_threads(n: int) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
-def _build(seed: int) -> dict[str, torch.Tensor]:
+def _build(seed: int, merge_fraction: float) -> dict[str, torch.Tensor]:
     torch.manual_seed(seed)
-    train, _ = split_digits(seed)
+    train, _ = hold_out(split_digits(seed)[0], merge_fraction)
     generator = torch.Generator().manual_seed(seed)
     backbone = new_backbone()
     images = 2.0 * train[0] - 1.0
@@ -272,18 +293,19 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _expected_manifest() -> dict:
-    return {"format": FORMAT, "architecture": ARCHITECTURE, "recipe": RECIPE, "tasks": list(TRANSFORMS)}
+def _expected_manifest(merge_fraction: float) -> dict:
+    recipe = {**RECIPE, "merge_fraction": merge_fraction}
+    return {"format": FORMAT, "architecture": ARCHITECTURE, "recipe": recipe, "tasks": list(TRANSFORMS)}
 
 
-def _read_cache(path: Path) -> dict[str, torch.Tensor] | None:
+def _read_cache(path: Path, merge_fraction: float) -> dict[str, torch.Tensor] | None:
     """The cached tensors, or None (with a warning) when missing, built by another recipe, or corrupt."""
     manifest_path = _manifest(path)
     if not path.is_file() or not manifest_path.is_file():
         return None
     try:
         manifest = json.loads(manifest_path.read_text())
-        expected = _expected_manifest()
+        expected = _expected_manifest(merge_fraction)
         if {k: manifest.get(k) for k in expected} != expected:
             logger.warning("digits cache %s was built by another recipe: rebuilding", path)
             return None
@@ -296,12 +318,12 @@ def _read_cache(path: Path) -> dict[str, torch.Tensor] | None:
         return None
 
 
-def _write_cache(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+def _write_cache(path: Path, tensors: dict[str, torch.Tensor], merge_fraction: float) -> None:
     """Write the tensors, then the manifest with their checksum, each atomically (temporary file, then rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = path.with_name(f".{path.name}.{os.getpid()}")
     save_file(tensors, str(staging))
-    manifest = {**_expected_manifest(), "sha256": _sha256(staging)}
+    manifest = {**_expected_manifest(merge_fraction), "sha256": _sha256(staging)}
     os.replace(staging, path)
     staging_manifest = staging.with_suffix(".json")
     staging_manifest.write_text(json.dumps(manifest, indent=2))

@@ -60,7 +60,7 @@ class EPO(Solver):
             raise ValueError(f"unknown EPO backend {backend!r}; pass one of {', '.join(BACKENDS)}")
         self.eps, self.backend = eps, backend
         self._lps: SimplexLPs | HighsLPs | CvxpyLPs | None = None
-        self._counts = dict.fromkeys(("balance", "descent", "relaxed_fallbacks", "ls_fallbacks"), 0)
+        self._counts = dict.fromkeys(("balance", "descent", "vertex", "relaxed_fallbacks", "ls_fallbacks"), 0)
 
     def reset(self, n_objectives: int) -> None:
         super().reset(n_objectives)
@@ -80,13 +80,14 @@ class EPO(Solver):
         if self._lps is None:
             self._lps = BACKENDS[self.backend]()
         mu, a = non_uniformity(r * loss), adjustment(r, loss)
+        if mu > self.eps and np.abs(a).max() <= _TINY:
+            # r on the simplex's boundary with r l uniform on r's support (a vertex, say): the ray is met there and
+            # the losses outside the support carry no preference, so descend the preferred ones alone
+            self._counts["vertex"] += 1
+            return torch.as_tensor(r)
         c = c / scale  # the LPs are invariant to scaling C; unit scale suits the LP tolerances
         mode = "balance" if mu > self.eps else "descent"
         self._counts[mode] += 1
-        if mode == "balance" and np.abs(a).max() <= _TINY:
-            # r on the simplex's boundary with r l uniform on r's support (a vertex, say): the ray is met there and
-            # the losses outside the support carry no preference, so descend the preferred ones alone
-            return torch.as_tensor(r)
         alpha = self._lps.solve(mode, balance_lp(c, a, r * loss) if mode == "balance" else descent_lp(c, a))
         if alpha is None:
             self._counts["relaxed_fallbacks"] += 1
@@ -97,7 +98,8 @@ class EPO(Solver):
         return torch.as_tensor(alpha)
 
     def stats(self) -> dict[str, float]:
-        """LPs solved in each mode, fallbacks taken, and solutions the backend flagged as inaccurate."""
+        """LPs solved in each mode, steps at the simplex's boundary that needed none (`vertex`: alpha = r), fallbacks
+        taken, and solutions the backend flagged as inaccurate."""
         inaccurate = self._lps.inaccurate if self._lps is not None else 0
         return {**self._counts, "inaccurate": inaccurate}
 
