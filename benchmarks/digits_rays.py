@@ -5,7 +5,7 @@ Prints, per preference r on the demo's 11-point grid, the cross-entropies l and 
 both splits, then the ray deviation (mean mu over the interior preferences) of each split. With --merge-fraction
 the routers train on that fraction of the training split, held out from the experts' build.
 
-    PYTHONPATH=. python benchmarks/digits_rays.py [--seed 0] [--merge-fraction 0.2]
+    PYTHONPATH=. python benchmarks/digits_rays.py [--seed 0] [--merge-fraction 0.2] [--batch-size 16]
 """
 
 from __future__ import annotations
@@ -25,8 +25,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seed", type=int, default=0, help="training seed (the problem is the demo's)")
     parser.add_argument("--merge-fraction", type=float, default=0.0, help="see MultiTaskDigits (default 0)")
+    parser.add_argument("--batch-size", type=int, default=16, help="training examples per task per step (default 16)")
     args = parser.parse_args()
-    problem = MultiTaskDigits(tasks=DEFAULT_TASKS[:2], merge_fraction=args.merge_fraction)
+    problem = MultiTaskDigits(tasks=DEFAULT_TASKS[:2], merge_fraction=args.merge_fraction, batch_size=args.batch_size)
     prefs = evaluation_preferences(2, 11)
     for solver in ("ls", "epo"):
         with torch_threads(1):

@@ -123,9 +123,11 @@ def test_a_merge_fraction_trains_the_merge_on_digits_the_build_never_saw(digits_
     assert len(builds) == 1  # its own cache, reused
 
 
-@pytest.mark.parametrize("fraction", [-0.1, 1.0])
-def test_a_merge_fraction_outside_0_1_is_rejected(fraction):
-    with pytest.raises(ValueError, match=r"merge_fraction must be in \[0, 1\)"):
+@pytest.mark.parametrize(
+    "fraction, message", [(-0.1, r"must be in \[0, 1\)"), (1.0, r"must be in \[0, 1\)"), (1e-4, "holds out no digit")]
+)
+def test_a_merge_fraction_that_holds_out_nothing_or_everything_is_rejected(fraction, message):
+    with pytest.raises(ValueError, match=message):
         MultiTaskDigits(merge_fraction=fraction)
 
 

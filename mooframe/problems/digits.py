@@ -98,6 +98,8 @@ class MultiTaskDigits(MergingProblem):
         self.tasks, self.seed, self.cache_dir, self.merge_fraction = tasks, seed, cache_dir, merge_fraction
         train, test = split_digits(seed)
         build_split, merge_split = hold_out(train, merge_fraction)
+        if merge_fraction and not len(merge_split[1]):
+            raise ValueError(f"merge_fraction {merge_fraction} holds out no digit of the {len(train[1])} for training")
         path = cache_path(cache_dir, seed, merge_fraction)
         pretrained, heads, experts = load_or_build(seed, path, merge_fraction)
         super().__init__(
