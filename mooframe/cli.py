@@ -142,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     solve.add_argument("--model", default="hypernet", help="registered Pareto set model name")
     solve.add_argument("--solver", default="ls", help="registered solver name")
     solve.add_argument("--steps", type=int, default=1000)
-    solve.add_argument("--lr", type=float, default=1e-2)
+    solve.add_argument("--lr", type=float, default=None, help="default: the model's (1e-2; hypernet 1e-3)")
     solve.add_argument("--optimizer", default="adam", choices=["adam", "adamw", "sgd"])
     solve.add_argument("--lr-schedule", default="cosine", choices=["cosine", "constant"])
     solve.add_argument(

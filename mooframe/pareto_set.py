@@ -41,6 +41,8 @@ class ParetoSetModel(nn.Module, ABC):
     """
 
     registry_name: str | None = None
+    #: learning rate `solve()` uses when not told (the PWE-MoE paper's)
+    default_lr: float = 1e-2
     #: steps of linear learning-rate warm-up `solve()` uses when not told (at most a tenth of its steps)
     default_warmup_steps: int = 0
 

@@ -41,7 +41,7 @@ def solve(
     solver: str | Solver = "ls",
     *,
     steps: int = 1000,
-    lr: float = 1e-2,
+    lr: float | None = None,
     optimizer: str = "adam",
     lr_schedule: str = "cosine",
     warmup_steps: int | None = None,
@@ -62,7 +62,8 @@ def solve(
     Args:
         problem, model, solver: registered names (see `mooframe list`) or instances.
         steps: optimizer steps, one preference each.
-        lr: learning rate; `lr_schedule="cosine"` decays it to 0.1 * lr (the PWE-MoE schedule).
+        lr: learning rate; default: the model's `default_lr` (1e-2, the PWE-MoE paper's; 1e-3 for the
+            hypernetwork). `lr_schedule="cosine"` decays it to 0.1 * lr (the PWE-MoE schedule).
         warmup_steps: steps over which the learning rate rises linearly to `lr` before the schedule starts;
             default: the model's `default_warmup_steps` (100 for PWE-MoE, else 0), at most a tenth of `steps`.
         optimizer: "adam", "adamw" or "sgd".
@@ -93,6 +94,8 @@ def solve(
         raise ValueError(f"unknown on_nonfinite {on_nonfinite!r}; known: {', '.join(ON_NONFINITE)}")
     if checkpoint_every < 0:
         raise ValueError(f"checkpoint_every must be >= 0 (0: only on Ctrl-C), got {checkpoint_every}")
+    if lr is not None and not lr > 0:
+        raise ValueError(f"lr must be > 0, got {lr}")
     if warmup_steps is not None and not 0 <= warmup_steps <= steps:
         raise ValueError(f"warmup_steps must be between 0 and steps = {steps}, got {warmup_steps}")
     device = distributed.rank_device(device)
@@ -108,6 +111,7 @@ def solve(
         logger.info("%s has no trainable parameters: nothing to train", type(model).__name__)
         steps = 0
     distributed.broadcast_parameters(params)
+    lr = model.default_lr if lr is None else lr
     if warmup_steps is None:
         warmup_steps = min(model.default_warmup_steps, steps // 10)
     opt = OPTIMIZERS[optimizer](params, lr=lr) if params else None

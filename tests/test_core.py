@@ -130,10 +130,14 @@ def test_warmup_rises_linearly_then_follows_the_schedule(kind):
     assert factors[warmup:] == pytest.approx(expected, abs=1e-12)
 
 
-def test_warmup_defaults_to_the_models_and_is_checked(tiny_merging_problem):
-    assert solve("zdt1", "hypernet", steps=40, progress=False).settings["warmup_steps"] == 0
+def test_warmup_and_lr_default_to_the_models_and_are_checked(tiny_merging_problem):
+    hypernet = solve("zdt1", "hypernet", steps=40, progress=False)
+    assert hypernet.settings["warmup_steps"] == 0 and hypernet.settings["lr"] == 1e-3
     # PWE-MoE's 100 steps, capped at a tenth of a short run
     pwe_moe = solve(tiny_merging_problem, "pwe_moe", steps=40, progress=False, model_kwargs={"upscale": [".*"]})
-    assert pwe_moe.settings["warmup_steps"] == 4
+    assert pwe_moe.settings["warmup_steps"] == 4 and pwe_moe.settings["lr"] == 1e-2
+    assert solve("zdt1", "hypernet", steps=1, lr=0.5, progress=False).settings["lr"] == 0.5
+    with pytest.raises(ValueError, match="lr must be > 0, got 0"):
+        solve("zdt1", "hypernet", steps=40, lr=0, progress=False)
     with pytest.raises(ValueError, match="warmup_steps must be between 0 and steps = 40, got 41"):
         solve("zdt1", "hypernet", steps=40, warmup_steps=41, progress=False)

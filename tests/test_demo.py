@@ -1,4 +1,4 @@
-"""The demo's methods on two and three digits tasks: PWE-MoE against the experts and task arithmetic; the report files."""
+"""The demo's methods on two and three digits tasks: PWE-MoE against the experts and task arithmetic; the report."""
 
 from __future__ import annotations
 
