@@ -1,10 +1,11 @@
 """Data-parallel training on torch.distributed (DDP semantics), used by `solve` when a process group is up.
 
-Every rank draws the same preference and the same global batch (same seeds), keeps its own contiguous shard of
-each task's examples, and averages across ranks what must agree: the losses the solver sees, and the gradients
-(for Gram-based solvers the T x P per-task gradient matrix, before the Gram matrix G G^T is formed). With equal
-shards, the mean of the shard losses is the global-batch loss, so a run on N ranks equals a one-process run with
-the same global batch. On a single process every function here is the identity.
+Every rank draws the same preference and the same global batch (same seeds), loads only its own contiguous shard
+of each task's examples (the problem's `batches` shards the indices), and averages across ranks what must agree:
+the losses the solver sees, and the gradients (for Gram-based solvers the T x P per-task gradient matrix, before
+the Gram matrix G G^T is formed). With equal shards, the mean of the shard losses is the global-batch loss, so a
+run on N ranks equals a one-process run with the same global batch. On a single process every function here is
+the identity.
 """
 
 from __future__ import annotations
@@ -72,7 +73,8 @@ def rank_device(device: str | torch.device) -> torch.device:
 
 
 def shard(batch: Any) -> Any:
-    """This rank's contiguous share (along dim 0) of every tensor in a batch of nested lists, tuples and dicts."""
+    """This rank's contiguous share (along dim 0) of every tensor in a batch of nested lists, tuples and dicts, or of
+    a tensor of example indices (what `MergingProblem.batches` splits before loading)."""
     if not is_distributed():
         return batch
     return _shard(batch, rank(), world_size())

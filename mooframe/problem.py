@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset, TensorDataset, default_collate
 
+from mooframe import distributed
 from mooframe.params import get_params
 
 
@@ -47,7 +48,12 @@ class Problem(ABC):
         return [f"f{t + 1}" for t in range(self.n_objectives)]
 
     def batches(self, rng: np.random.Generator) -> Iterator[Any]:
-        """An endless stream of training batches, one item per step (by default no data: `None`)."""
+        """An endless stream of training batches, one item per step (by default no data: `None`).
+
+        Under torch.distributed every rank gets the same `rng` and should yield its own share of each global batch
+        (`mooframe.distributed.shard`, on the examples' indices before loading them, or on a loaded batch). A
+        stream that yields whole global batches is still correct: each rank then computes the global losses.
+        """
         return itertools.repeat(None)
 
     @abstractmethod
@@ -160,7 +166,8 @@ class MergingProblem(Problem):
         return self
 
     def batches(self, rng: np.random.Generator) -> Iterator[list[tuple[Any, torch.Tensor]]]:
-        """Each step: one shuffled batch of `batch_size` examples per task, reshuffled every epoch."""
+        """Each step: one shuffled batch of `batch_size` examples per task, reshuffled every epoch; under
+        torch.distributed this rank's contiguous share of it, the only examples the rank loads."""
         streams = [_endless_batches(data, self.batch_size, rng) for data in self.train_data]
         while True:
             yield [next(stream) for stream in streams]
@@ -264,9 +271,9 @@ def _endless_batches(data: Dataset, batch_size: int, rng: np.random.Generator) -
     while True:
         order = torch.randperm(len(data), generator=generator)
         for start in range(0, len(order) - batch_size + 1, batch_size):
-            yield _collate(data, order[start : start + batch_size])
+            yield _collate(data, distributed.shard(order[start : start + batch_size]))
         if len(order) < batch_size:
-            yield _collate(data, order)
+            yield _collate(data, distributed.shard(order))
 
 
 def _ordered_batches(data: Dataset, batch_size: int) -> Iterator[Any]:

@@ -134,7 +134,7 @@ def solve(
         for step in bar:
             pref = model.training_preference(sample_preferences(n_objectives, state.pref_rng, alpha).to(device), step)
             solution = model(pref)
-            losses = problem.losses(solution, distributed.shard(next(batches)))
+            losses = problem.losses(solution, next(batches))  # this rank's share of the global batch
             global_losses = distributed.mean(losses.detach())
             try:
                 _check_losses(global_losses, problem)

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
@@ -59,6 +60,24 @@ def test_two_gloo_ranks_equal_one_process_with_the_same_global_batch(tiny_mergin
             torch.testing.assert_close(ranks[0][key], value, rtol=0, atol=1e-6, msg=f"{case}: {key}")
         untrained = _train(problem, case, steps=0)
         assert max((single[k] - untrained[k]).abs().max() for k in single) > 1e-3, f"{case}: training did nothing"
+
+
+def test_each_rank_collates_only_its_share_of_the_global_batch(tiny_merging_problem, monkeypatch):
+    global_batches = tiny_merging_problem.batches(np.random.default_rng(0))
+    expected = [next(global_batches) for _ in range(3)]  # batch_size 8 per task
+    monkeypatch.setattr(distributed, "is_distributed", lambda: True)
+    monkeypatch.setattr(distributed, "world_size", lambda: 2)
+    shares = []
+    for index in range(2):
+        monkeypatch.setattr(distributed, "rank", lambda index=index: index)
+        stream = tiny_merging_problem.batches(np.random.default_rng(0))
+        shares.append([next(stream) for _ in range(3)])
+    for step, whole in enumerate(expected):
+        for task, (inputs, labels) in enumerate(whole):
+            parts = [share[step][task] for share in shares]
+            assert all(len(part_labels) == len(labels) // 2 for _, part_labels in parts)
+            torch.testing.assert_close(torch.cat([part_inputs for part_inputs, _ in parts]), inputs, rtol=0, atol=0)
+            assert torch.cat([part_labels for _, part_labels in parts]).tolist() == labels.tolist()
 
 
 def test_shard_splits_every_tensor_of_a_batch_into_contiguous_equal_parts():
