@@ -105,7 +105,8 @@ def run_method(
     evaluated = time.perf_counter()
     trainable = sum(p.numel() for p in result.model.trainable_parameters())
     interior = prefs[np.all(prefs > 0, axis=1)]  # the only preferences the ray deviation reads
-    train_deviation = ray_deviation(training_front(result, interior)) if len(interior) else None
+    # only for trained methods: it tells how well a solver met the rays on the losses it saw
+    train_deviation = ray_deviation(training_front(result, interior)) if trainable and len(interior) else None
     return MethodRun(front, trainable, trained - start, evaluated - trained, peak.mb, result, train_deviation)
 
 
@@ -179,8 +180,8 @@ def run_demo(
         f"Trained methods run {steps} steps per dimension of the preference simplex, {steps} on 2 tasks and "
         f"{2 * steps} on 3 (Dirichlet alpha {ALPHA}, seed {seed}; PWE-MoE's learning rate warms up over "
         f"{PWEMoE.default_warmup_steps} steps); objectives are test errors 1 - accuracy; ray deviation is the mean "
-        "EPO non-uniformity of the losses at interior preferences, on the training split (the losses the solvers "
-        "see) and on the test split.",
+        "EPO non-uniformity of the losses at interior preferences, on the training split for trained methods (the "
+        "losses the solvers see) and on the test split.",
     ]
     for folder, problem in problems.items():
         with torch_threads(1):
