@@ -7,11 +7,13 @@ dependencies load only for the pieces that need them. Adding a method is one mod
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import Any, TypeVar
 
 from mooframe.pareto_set import ParetoSetModel
 from mooframe.problem import Problem
 from mooframe.solver import Solver
+
+T = TypeVar("T", Problem, ParetoSetModel, Solver)
 
 PROBLEMS: dict[str, str] = {
     "zdt1": "mooframe.problems.synthetic:ZDT1",
@@ -58,31 +60,27 @@ def resolve(kind: str, name: str) -> type:
 
 def build_problem(problem: str | Problem, **kwargs: Any) -> Problem:
     """A problem instance from a registered name (with constructor kwargs) or an instance (returned as is)."""
-    if isinstance(problem, Problem):
-        _reject_kwargs(kwargs, problem)
-        return problem
-    instance = resolve("problem", problem)(**kwargs)
-    instance.registry_name = problem.lower()
-    return instance
+    return _build("problem", Problem, problem, (), kwargs)
 
 
 def build_model(model: str | ParetoSetModel, problem: Problem, **kwargs: Any) -> ParetoSetModel:
     """A Pareto set model for `problem` from a registered name (with kwargs) or an instance."""
-    if isinstance(model, ParetoSetModel):
-        _reject_kwargs(kwargs, model)
-        return model
-    instance = resolve("model", model)(problem, **kwargs)
-    instance.registry_name = model.lower()
-    return instance
+    return _build("model", ParetoSetModel, model, (problem,), kwargs)
 
 
 def build_solver(solver: str | Solver, **kwargs: Any) -> Solver:
     """A solver from a registered name (with kwargs) or an instance."""
-    if isinstance(solver, Solver):
-        _reject_kwargs(kwargs, solver)
-        return solver
-    instance = resolve("solver", solver)(**kwargs)
-    instance.registry_name = solver.lower()
+    return _build("solver", Solver, solver, (), kwargs)
+
+
+def _build(kind: str, base: type[T], spec: str | T, args: tuple, kwargs: dict[str, Any]) -> T:
+    """`spec` itself if it is a `base` instance (then no kwargs), else the class registered as `spec`, built from
+    `args` and `kwargs` and tagged with its registered name."""
+    if isinstance(spec, base):
+        _reject_kwargs(kwargs, spec)
+        return spec
+    instance = resolve(kind, spec)(*args, **kwargs)
+    instance.registry_name = spec.lower()
     return instance
 
 
