@@ -236,7 +236,9 @@ def write_report(
 def plot_fronts(
     fronts: Mapping[str, Front], path: str | Path, true_front: np.ndarray | None = None, title: str = ""
 ) -> None:
-    """All fronts in one figure: a 2-D plot for 2 objectives, 3-D for 3, parallel coordinates for more."""
+    """All fronts in one figure: a 2-D plot for 2 objectives; for 3, a 3-D overview of every front's points and
+    one 3-D panel per method with its front as a surface over the preference simplex (same axes everywhere);
+    parallel coordinates for more."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -245,9 +247,16 @@ def plot_fronts(
     names = next(iter(fronts.values())).objective_names
     n_objectives = len(names)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    figure = plt.figure(figsize=(6.4, 5.2) if n_objectives <= 3 else (max(6.4, 1.1 * n_objectives), 4.8))
+    if n_objectives == 3:
+        figure = _plot_3d(plt, fronts, true_front, names, colors)
+        figure.suptitle(title, fontsize="medium")
+        figure.tight_layout()
+        figure.savefig(path, dpi=100)
+        plt.close(figure)
+        return
+    figure = plt.figure(figsize=(6.4, 5.2) if n_objectives == 2 else (max(6.4, 1.1 * n_objectives), 4.8))
+    axes = figure.add_subplot()
     if n_objectives == 2:
-        axes = figure.add_subplot()
         if true_front is not None:
             order = np.argsort(true_front[:, 0])
             axes.plot(*true_front[order].T, ".", color="0.6", markersize=2, label="true front")
@@ -258,18 +267,7 @@ def plot_fronts(
             axes.plot(*front.objectives[order].T, style, color=colors[i % len(colors)], markersize=3, label=label)
         axes.set_xlabel(names[0])
         axes.set_ylabel(names[1])
-    elif n_objectives == 3:
-        axes = figure.add_subplot(projection="3d")
-        if true_front is not None:
-            axes.scatter(*true_front.T, color="0.6", s=2, alpha=0.4, label="true front")
-        for i, (label, front) in enumerate(fronts.items()):
-            axes.scatter(*front.objectives.T, color=colors[i % len(colors)], s=12, label=label)
-        axes.set_xlabel(names[0])
-        axes.set_ylabel(names[1])
-        axes.set_zlabel(names[2])
-        axes.view_init(elev=25, azim=45)
     else:
-        axes = figure.add_subplot()
         positions = np.arange(n_objectives)
         if true_front is not None:
             axes.plot(positions, true_front.T, color="0.6", alpha=0.1, linewidth=0.5)
@@ -285,6 +283,48 @@ def plot_fronts(
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
+
+
+def _plot_3d(plt: Any, fronts: Mapping[str, Front], true_front: np.ndarray | None, names: list[str], colors: list):
+    """The overview panel, then one panel per front in the same colour: a surface over the preference simplex
+    where the front is a set (preferences spanning the simplex, at least half of them with their own solution),
+    else its points (a few separate models, such as the experts or one model per ray)."""
+    points = [f.objectives for f in fronts.values()] + ([] if true_front is None else [true_front])
+    low, high = np.min([p.min(axis=0) for p in points], axis=0), np.max([p.max(axis=0) for p in points], axis=0)
+    columns = min(3, len(fronts) + 1)
+    rows = -(-(len(fronts) + 1) // columns)
+    figure = plt.figure(figsize=(4.2 * columns, 3.8 * rows))
+
+    def panel(index: int, name: str) -> Any:
+        axes = figure.add_subplot(rows, columns, index, projection="3d")
+        axes.set(xlabel=names[0], ylabel=names[1], zlabel=names[2], title=name)
+        axes.set(xlim=(low[0], high[0]), ylim=(low[1], high[1]), zlim=(low[2], high[2]))
+        axes.view_init(elev=25, azim=45)
+        if true_front is not None:
+            axes.scatter(*true_front.T, color="0.6", s=2, alpha=0.4)
+        return axes
+
+    overview = panel(1, "all fronts" + ("" if true_front is None else " (grey: true front)"))
+    for i, (label, front) in enumerate(fronts.items()):
+        color = colors[i % len(colors)]
+        overview.scatter(*front.objectives.T, color=color, s=8)
+        axes = panel(i + 2, label)
+        triangles = simplex_triangles(front.prefs)
+        if triangles is None or 2 * len(np.unique(front.objectives, axis=0)) < len(front.objectives):
+            axes.scatter(*front.objectives.T, color=color, s=20)
+        else:
+            axes.plot_trisurf(*front.objectives.T, triangles=triangles, color=color, alpha=0.6, linewidth=0.2)
+    return figure
+
+
+def simplex_triangles(prefs: np.ndarray) -> np.ndarray | None:
+    """Delaunay triangles (index triples) of 3-objective preferences over the simplex, in the (r_1, r_2) plane;
+    None when they do not span it (fewer than 4 points, or all on one line)."""
+    from matplotlib.tri import Triangulation
+
+    if len(prefs) < 4 or np.linalg.matrix_rank(prefs[1:, :2] - prefs[0, :2]) < 2:
+        return None
+    return Triangulation(prefs[:, 0], prefs[:, 1]).triangles
 
 
 def _default_ref(fronts: Mapping[str, Front], truth: np.ndarray | None) -> tuple[np.ndarray, str]:

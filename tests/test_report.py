@@ -6,7 +6,15 @@ import pytest
 
 from mooframe.cli import main
 from mooframe.indicators import hypervolume, igd
-from mooframe.report import ERROR_NOTE, compare_fronts, evaluation_preferences, plot_fronts, write_report
+from mooframe.preferences import uniform_grid
+from mooframe.report import (
+    ERROR_NOTE,
+    compare_fronts,
+    evaluation_preferences,
+    plot_fronts,
+    simplex_triangles,
+    write_report,
+)
 from mooframe.result import Front
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -73,9 +81,27 @@ def test_evaluation_preferences_add_the_equal_preference_when_missing():
 @pytest.mark.parametrize("n_objectives", [3, 5])
 def test_plots_for_three_and_more_objectives(tmp_path, n_objectives):
     prefs = evaluation_preferences(n_objectives, 4)
-    front = Front(prefs, np.sqrt(prefs), [f"t{i}" for i in range(n_objectives)])
-    plot_fronts({"a": front}, tmp_path / "f.png", true_front=np.sqrt(prefs))
+    names = [f"t{i}" for i in range(n_objectives)]
+    fronts = {
+        "a set": Front(prefs, np.sqrt(prefs), names),
+        "one model": Front(prefs, np.full(prefs.shape, 0.5), names),  # a degenerate surface: drawn as points
+        "experts": Front(np.eye(n_objectives), 1 - np.eye(n_objectives), names),
+    }
+    plot_fronts(fronts, tmp_path / "f.png", true_front=np.sqrt(prefs))
     assert (tmp_path / "f.png").read_bytes()[:8] == PNG_MAGIC
+
+
+@pytest.mark.parametrize("divisions", [2, 3, 10])
+def test_simplex_triangles_tile_the_preference_grid(divisions):
+    prefs = uniform_grid(3, divisions + 1)
+    triangles = simplex_triangles(prefs)
+    assert len(triangles) == divisions**2  # a grid with k divisions per edge tiles the simplex in k^2 triangles
+    corners = prefs[triangles][:, :, :2]
+    u, v = corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0]
+    areas = 0.5 * np.abs(u[:, 0] * v[:, 1] - u[:, 1] * v[:, 0])
+    assert areas.sum() == pytest.approx(0.5) and areas.min() > 0  # they cover the (r_1, r_2) triangle exactly
+    assert simplex_triangles(np.eye(3)) is None  # three models (the experts, say): points, not a surface
+    assert simplex_triangles(np.array([[1.0, 0, 0], [0.5, 0.5, 0], [0, 1, 0], [0.25, 0.75, 0]])) is None  # one edge
 
 
 def test_evaluate_command_writes_the_report_of_two_runs(tmp_path, capsys):
