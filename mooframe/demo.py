@@ -159,7 +159,10 @@ def run_demo(
     (default: one per CPU core, at most one per method); each is timed and measured in its own process.
     """
     out = Path(out)
-    problems = {folder: MultiTaskDigits(tasks=DEFAULT_TASKS[:n], seed=seed) for folder, n in TASK_COUNTS.items()}
+    problems = {  # built (or read from the cache) here, once, before the workers read it
+        folder: MultiTaskDigits(tasks=DEFAULT_TASKS[:n], seed=seed, progress=progress)
+        for folder, n in TASK_COUNTS.items()
+    }
     work = [  # the longest first
         (folder, label, n_tasks, seed, spec, steps)
         for folder, n_tasks in reversed(TASK_COUNTS.items())
@@ -203,7 +206,7 @@ def _run_job(job: tuple[str, str, int, int, tuple, int]) -> tuple[str, str, Meth
     """One method on the first n_tasks digits tasks, `steps` per simplex dimension, in a worker process (its
     trained set is not sent back)."""
     folder, label, n_tasks, seed, spec, steps = job
-    problem = MultiTaskDigits(tasks=DEFAULT_TASKS[:n_tasks], seed=seed)
+    problem = MultiTaskDigits(tasks=DEFAULT_TASKS[:n_tasks], seed=seed, progress=False)
     with torch_threads(1):
         run = run_method(problem, spec, steps * (n_tasks - 1), seed, progress=False)
     return folder, label, replace(run, result=None)

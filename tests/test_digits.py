@@ -56,7 +56,7 @@ def test_split_is_deterministic_and_disjoint():
 
 
 def test_a_second_build_reuses_the_cache(digits_cache, monkeypatch):
-    def no_rebuild(seed, merge_fraction):
+    def no_rebuild(seed, merge_fraction, progress):
         raise AssertionError("the cached build should have been reused")
 
     monkeypatch.setattr(digits, "build", no_rebuild)
@@ -89,7 +89,7 @@ def test_a_corrupt_cache_is_detected_and_rebuilt(digits_cache, tmp_path, monkeyp
         manifest.unlink()
     builds = []
 
-    def rebuild(seed, merge_fraction):  # stands in for the 40 s build: returns the same tensors it would
+    def rebuild(seed, merge_fraction, progress):  # stands in for the 40 s build: returns the same tensors it would
         builds.append(seed)
         return load_file(str(source))
 
@@ -104,13 +104,14 @@ def test_a_corrupt_cache_is_detected_and_rebuilt(digits_cache, tmp_path, monkeyp
 def test_a_merge_fraction_trains_the_merge_on_digits_the_build_never_saw(digits_cache, tmp_path, monkeypatch):
     builds = []
 
-    def build(seed, merge_fraction):  # stands in for the build on the rest of the training split
-        builds.append((seed, merge_fraction))
+    def build(seed, merge_fraction, progress):  # stands in for the build on the rest of the training split
+        builds.append((seed, merge_fraction, progress))
         return load_file(str(cache_path(digits_cache, 0)))
 
     monkeypatch.setattr(digits, "build", build)
-    problem = build_problem("digits", tasks=["upright", "rotated"], cache_dir=str(tmp_path), merge_fraction=0.2)
-    assert builds == [(0, 0.2)] and cache_path(tmp_path, 0, 0.2).name == "seed0-merge0.2.safetensors"
+    kwargs = dict(cache_dir=str(tmp_path), merge_fraction=0.2, progress=False)
+    problem = build_problem("digits", tasks=["upright", "rotated"], **kwargs)
+    assert builds == [(0, 0.2, False)] and cache_path(tmp_path, 0, 0.2).name == "seed0-merge0.2.safetensors"
     assert cache_path(tmp_path, 0, 0.2).is_file() and not cache_path(tmp_path, 0).exists()
     train, _ = digits.split_digits(0)
     rest, held_out = digits.hold_out(train, 0.2)

@@ -77,6 +77,7 @@ class MultiTaskDigits(MergingProblem):
             [0, 1); 0 (default) trains the merge on the experts' own training data. Each value is built once.
         cache_dir: where the build is cached; default $MOOFRAME_CACHE, else $XDG_CACHE_HOME/mooframe, else
             ~/.cache/mooframe.
+        progress: show progress bars while building (the first use of a seed and merge_fraction).
     """
 
     def __init__(
@@ -86,6 +87,7 @@ class MultiTaskDigits(MergingProblem):
         batch_size: int = 16,
         cache_dir: str | None = None,
         merge_fraction: float = 0.0,
+        progress: bool = True,
     ) -> None:
         tasks = list(tasks)
         unknown = [t for t in tasks if t not in TRANSFORMS]
@@ -96,12 +98,13 @@ class MultiTaskDigits(MergingProblem):
         if not 0 <= merge_fraction < 1:
             raise ValueError(f"merge_fraction must be in [0, 1), got {merge_fraction}")
         self.tasks, self.seed, self.cache_dir, self.merge_fraction = tasks, seed, cache_dir, merge_fraction
+        self.progress = progress
         train, test = split_digits(seed)
         build_split, merge_split = hold_out(train, merge_fraction)
         if merge_fraction and not len(merge_split[1]):
             raise ValueError(f"merge_fraction {merge_fraction} holds out no digit of the {len(train[1])} for training")
         path = cache_path(cache_dir, seed, merge_fraction)
-        pretrained, heads, experts = load_or_build(seed, path, merge_fraction)
+        pretrained, heads, experts = load_or_build(seed, path, merge_fraction, progress)
         super().__init__(
             pretrained,
             [experts[t] for t in tasks],
@@ -161,7 +164,7 @@ def new_backbone() -> HFCLIPVisionBackbone:
 
 
 def load_or_build(
-    seed: int, path: Path, merge_fraction: float = 0.0
+    seed: int, path: Path, merge_fraction: float = 0.0, progress: bool = True
 ) -> tuple[HFCLIPVisionBackbone, dict[str, nn.Linear], dict[str, dict[str, torch.Tensor]]]:
     """The pretrained backbone, the frozen heads and the expert state dicts of every task, from the cache.
 
@@ -169,7 +172,7 @@ def load_or_build(
     """
     tensors = _read_cache(path, merge_fraction)
     if tensors is None:
-        tensors = build(seed, merge_fraction)
+        tensors = build(seed, merge_fraction, progress)
         _write_cache(path, tensors, merge_fraction)
     pretrained = new_backbone()
     pretrained.load_state_dict(_prefixed(tensors, "pretrained."))
@@ -181,11 +184,11 @@ def load_or_build(
     return pretrained, heads, experts
 
 
-def build(seed: int, merge_fraction: float = 0.0) -> dict[str, torch.Tensor]:
+def build(seed: int, merge_fraction: float = 0.0, progress: bool = True) -> dict[str, torch.Tensor]:
     """Pretrain on the rotation pretext task, fit a frozen head per task, fine-tune one expert per task, all on
     the training split less its held-out `merge_fraction`."""
     with torch_threads(1):
-        return _build(seed, merge_fraction)
+        return _build(seed, merge_fraction, progress)
 
 
 @contextmanager
@@ -203,7 +206,7 @@ def torch_threads(n: int) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
-def _build(seed: int, merge_fraction: float) -> dict[str, torch.Tensor]:
+def _build(seed: int, merge_fraction: float, progress: bool) -> dict[str, torch.Tensor]:
     torch.manual_seed(seed)
     train, _ = hold_out(split_digits(seed)[0], merge_fraction)
     generator = torch.Generator().manual_seed(seed)
@@ -217,10 +220,10 @@ def _build(seed: int, merge_fraction: float) -> dict[str, torch.Tensor]:
         TensorDataset(rotations, pretext_labels),
         RECIPE["pretext_steps"],
         generator,
-        "pretrain (rotation pretext)",
+        "pretrain (rotation pretext)" if progress else None,
     )
     tensors = {f"pretrained.{k}": v for k, v in backbone.state_dict().items()}
-    for task in tqdm(TRANSFORMS, desc="experts"):
+    for task in tqdm(TRANSFORMS, desc="experts", disable=not progress):
         data = task_dataset(train, task)
         head = linear_probe(backbone, data)
         expert = new_backbone()
