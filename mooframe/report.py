@@ -245,15 +245,21 @@ def plot_fronts(
     import matplotlib.pyplot as plt
 
     names = next(iter(fronts.values())).objective_names
-    n_objectives = len(names)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    if n_objectives == 3:
+    if len(names) == 3:
         figure = _plot_3d(plt, fronts, true_front, names, colors)
         figure.suptitle(title, fontsize="medium")
-        figure.tight_layout()
-        figure.savefig(path, dpi=100)
-        plt.close(figure)
-        return
+    else:
+        figure = _plot_flat(plt, fronts, true_front, names, colors)
+        figure.axes[0].set_title(title, fontsize="medium")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100 if len(names) == 3 else 120)
+    plt.close(figure)
+
+
+def _plot_flat(plt: Any, fronts: Mapping[str, Front], true_front: np.ndarray | None, names: list[str], colors: list):
+    """One panel: the 2-D plane for 2 objectives, parallel coordinates for more."""
+    n_objectives = len(names)
     figure = plt.figure(figsize=(6.4, 5.2) if n_objectives == 2 else (max(6.4, 1.1 * n_objectives), 4.8))
     axes = figure.add_subplot()
     if n_objectives == 2:
@@ -279,10 +285,7 @@ def plot_fronts(
         axes.set_xticks(positions, names, rotation=30 if n_objectives > 6 else 0)
         axes.set_ylabel("objective value")
     axes.legend(fontsize="small")
-    axes.set_title(title, fontsize="medium")
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    return figure
 
 
 def _plot_3d(plt: Any, fronts: Mapping[str, Front], true_front: np.ndarray | None, names: list[str], colors: list):
