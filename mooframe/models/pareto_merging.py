@@ -80,6 +80,7 @@ class ParetoMerging(MergingModel):
         self.layers = layers if isinstance(layers, str) else list(layers)
         theta_0 = problem.pretrained_state()
         if base == "adamerging":  # merged from the problem's own tensors each step: no task-vector copy
+            self.merged_names = list(theta_0)  # the row order of the coefficients
             self.coefficients = nn.Parameter(torch.full((len(theta_0), self.n_objectives), float(scaling)))
         else:
             taus = task_vectors(theta_0, problem.expert_states)
@@ -99,10 +100,9 @@ class ParetoMerging(MergingModel):
         """theta_base by name: the preference-independent merge (differentiable in the AdaMerging coefficients)."""
         if self.base != "adamerging":
             return dict(self.merged.items())
-        names = [name for name, _ in self.backbone.named_parameters()]
         return {
             name: add_weighted_experts(*self.pretrained_and_experts(name), self.coefficients[i])
-            for i, name in enumerate(names)
+            for i, name in enumerate(self.merged_names)
         }
 
     def merged_parameters(self, pref: torch.Tensor) -> dict[str, torch.Tensor]:
