@@ -1,10 +1,12 @@
 """Checkpoints of a run in progress: everything `solve` needs to continue exactly where it stopped.
 
-A checkpoint is a folder `step-00000042/` holding `state.json` (step, settings, solver state, optimizer and
-schedule hyperparameters, the preference generator's state) and `tensors.safetensors` (trainable parameters,
-optimizer moments, torch RNG states, the history so far). It is written to a hidden temporary folder and renamed
-into place, so a checkpoint folder is either complete or absent; older ones are removed only after the new one
-exists. Loading reads JSON and safetensors only: nothing is unpickled, so a hostile file cannot run code.
+A checkpoint is a folder `step-00000042/` (at least 8 digits; more past step 99,999,999) holding `state.json`
+(step, settings, solver state, optimizer and schedule hyperparameters, the preference generator's state, the
+SHA-256 of the tensor file) and `tensors.safetensors` (trainable parameters, optimizer moments, torch RNG states,
+the history so far), inside a checkpoint directory marked by `checkpoints.json` (see `mooframe.atomic`). It is
+written to a hidden temporary folder and renamed into place, so a checkpoint folder is either complete or absent;
+older ones are removed only after the new one exists. Loading reads JSON and safetensors only, checked before use:
+nothing is unpickled, so a hostile file cannot run code.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import shutil
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,14 +27,31 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
-from mooframe.atomic import staged_directory
+from mooframe.atomic import (
+    CHECKPOINT,
+    CHECKPOINTS,
+    artifact_kind,
+    claimed_directory,     clean_leftovers,
+    locked,
+    staged_directory,
+)
 from mooframe.pareto_set import ParetoSetModel
-from mooframe.result import read_json, read_safetensors
+from mooframe.result import check_fields, check_file_hashes, file_sha256, read_json, read_safetensors
 from mooframe.solver import Solver
 
-FORMAT = "mooframe-checkpoint/1"
 STATE_FILE, TENSORS_FILE = "state.json", "tensors.safetensors"
-_STEP_FOLDER = re.compile(r"step-(\d{8})")
+_STEP_FOLDER = re.compile(r"step-(\d{8,})")
+#: the types of state.json's keys (None: JSON null).
+_STATE_SCHEMA: dict[str, tuple[type | None, ...]] = {
+    "step": (int,),
+    "skipped_steps": (int,),
+    "settings": (dict,),
+    "solver": (dict,),
+    "optimizer_groups": (list, None),
+    "optimizer_scalars": (dict,),
+    "schedule": (dict, None),
+    "pref_rng": (dict,),
+}
 #: settings a resumed run must share with the run that wrote the checkpoint.
 RESUME_KEYS = ("steps", "lr", "optimizer", "lr_schedule", "warmup_steps", "alpha", "seed", "problem", "model", "solver")
 
@@ -59,30 +78,35 @@ class TrainingState:
         self.step += 1
 
     def save(self, directory: str | Path) -> Path:
-        """Write a checkpoint of the current step under `directory`, then remove the other checkpoints there."""
+        """Write a checkpoint of the current step under `directory`, then remove the other checkpoints there.
+
+        `directory` must be new, empty or a checkpoint directory (see `mooframe.atomic`); only folders that are
+        mooframe checkpoints are ever removed from it.
+        """
         params = self.model.trainable_state()
         for name, tensor in params.items():
             if not torch.isfinite(tensor).all():
                 raise FloatingPointError(f"refusing to checkpoint non-finite trainable parameter {name!r}")
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        target = directory / f"step-{self.step:08d}"
-        with staged_directory(target) as staging:
-            tensors, json_state = self._snapshot(params)
-            save_file(tensors, str(staging / TENSORS_FILE))
-            (staging / STATE_FILE).write_text(json.dumps(json_state, indent=1))
-        for old in checkpoint_folders(directory):
-            if old != target:
-                shutil.rmtree(old, ignore_errors=True)
+        with claimed_directory(directory, CHECKPOINTS) as directory:
+            target = directory / step_folder_name(self.step)
+            with staged_directory(target, CHECKPOINT) as staging:
+                tensors, json_state = self._snapshot(params)
+                save_file(tensors, str(staging / TENSORS_FILE))
+                json_state["files"] = {TENSORS_FILE: file_sha256(staging / TENSORS_FILE)}
+                (staging / STATE_FILE).write_text(json.dumps(json_state, indent=1))
+            for old in checkpoint_folders(directory):
+                if old != target:
+                    shutil.rmtree(old)
         return target
 
     def restore(self, path: str | Path) -> Path:
         """Load the checkpoint at `path` (a checkpoint folder, or a directory of them: the newest is used)."""
         folder = latest_checkpoint(path)
-        state = read_json(folder / STATE_FILE)
-        if state.get("format") != FORMAT:
-            raise ValueError(f"{folder / STATE_FILE} is not a mooframe checkpoint (format {state.get('format')!r})")
-        tensors = read_safetensors(folder / TENSORS_FILE)
+        state_path = folder / STATE_FILE
+        state = read_json(state_path)
+        version = _check_state(state, state_path)
+        hashes = check_file_hashes(state["files"], (TENSORS_FILE,), state_path) if version > 1 else {}
+        tensors = read_safetensors(folder / TENSORS_FILE, hashes.get(TENSORS_FILE))
         _check_same_run(state, self.settings, folder)
         try:
             self._load(state, tensors)
@@ -113,7 +137,7 @@ class TrainingState:
                     else:
                         optimizer_scalars.setdefault(str(index), {})[key] = value
         json_state = {
-            "format": FORMAT,
+            "format": CHECKPOINT.format,
             "step": self.step,
             "skipped_steps": self.skipped_steps,
             "settings": {key: _as_json(self.settings.get(key)) for key in RESUME_KEYS},
@@ -164,12 +188,28 @@ class TrainingState:
         return {"state": per_param, "param_groups": groups}
 
 
+def step_folder_name(step: int) -> str:
+    """`step-00000042`: zero-padded to 8 digits, so names sort by step up to 99,999,999 (longer names beyond)."""
+    return f"step-{step:08d}"
+
+
 def checkpoint_folders(directory: str | Path) -> list[Path]:
-    """The complete checkpoint folders in `directory`, oldest first."""
+    """The complete checkpoint folders in `directory` (named step-N, holding a checkpoint), oldest first."""
     directory = Path(directory)
     if not directory.is_dir():
         return []
-    return sorted(p for p in directory.iterdir() if p.is_dir() and _STEP_FOLDER.fullmatch(p.name))
+    clean_leftovers(directory)
+    found = [
+        (int(match[1]), p)
+        for p in directory.iterdir()
+        if (match := _STEP_FOLDER.fullmatch(p.name)) and p.is_dir() and _is_checkpoint(p)
+    ]
+    return [p for _, p in sorted(found)]
+
+
+def _is_checkpoint(folder: Path) -> bool:
+    found = artifact_kind(folder)
+    return found is not None and found[0] == CHECKPOINT
 
 
 def latest_checkpoint(path: str | Path) -> Path:
@@ -185,6 +225,25 @@ def latest_checkpoint(path: str | Path) -> Path:
     if not folders:
         raise FileNotFoundError(f"no checkpoint (step-NNNNNNNN/{STATE_FILE}) in {path}")
     return folders[-1]
+
+
+def checkpoint_directory(resume: str | Path) -> Path:
+    """The directory a run resumed from `resume` (a checkpoint folder or a directory of them) checkpoints into:
+    the folder's parent, so a later resume of that directory finds the new checkpoints beside the old."""
+    return latest_checkpoint(resume).parent
+
+
+def _check_state(state: dict[str, Any], path: Path) -> int:
+    """Check state.json's shape and types (ValueError naming the key); return its format version."""
+    check_fields(state, {"format": (str,)}, path)
+    found = re.fullmatch(r"mooframe-checkpoint/(\d+)", state["format"])
+    if found is None or not 1 <= int(found[1]) <= CHECKPOINT.version:
+        raise ValueError(f"{path} is not a mooframe checkpoint (format {state['format']!r})")
+    version = int(found[1])
+    check_fields(state, {**_STATE_SCHEMA, **({"files": (dict,)} if version > 1 else {})}, path)
+    if state["step"] < 0 or not 0 <= state["skipped_steps"] <= state["step"]:
+        raise ValueError(f"{path}: keys 'step' and 'skipped_steps' must satisfy 0 <= skipped_steps <= step")
+    return version
 
 
 def _check_same_run(state: dict[str, Any], settings: dict[str, Any], folder: Path) -> None:
@@ -205,29 +264,63 @@ def _as_json(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
 
 
-@contextlib.contextmanager
-def deferred_interrupt() -> Iterator[threading.Event]:
-    """Turn Ctrl-C (SIGINT) into a flag checked between steps, so a step is never cut in half.
+class Interrupted(KeyboardInterrupt):
+    """A run stopped between steps by a signal (Ctrl-C, SIGTERM, SIGHUP); `signum` says which."""
 
-    Yields an event that is set on SIGINT; the caller checkpoints and raises KeyboardInterrupt. A second Ctrl-C
+    def __init__(self, message: str, signum: int = signal.SIGINT) -> None:
+        super().__init__(message)
+        self.signum = signum
+
+
+class InterruptFlag(threading.Event):
+    """Set by a deferred signal; `signum` is the first one that came."""
+
+    signum: int = signal.SIGINT
+
+    @property
+    def signal_name(self) -> str:
+        return signal.Signals(self.signum).name
+
+
+#: what a cluster scheduler sends before it kills a job (SIGHUP: the terminal or session went away).
+TERMINATION_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
+
+
+@contextlib.contextmanager
+def deferred_interrupt(signals: Sequence[int] = (signal.SIGINT,)) -> Iterator[InterruptFlag]:
+    """Turn `signals` (Ctrl-C by default) into a flag checked between steps, so a step is never cut in half.
+
+    Yields an event that is set on such a signal; the caller checkpoints and raises `Interrupted`. A second signal
     more than a second later interrupts at once (within a second it is the same one: torchrun forwards the
     terminal's Ctrl-C to workers that got it already). Outside the main thread nothing is deferred.
     """
-    event = threading.Event()
+    event = InterruptFlag()
     if threading.current_thread() is not threading.main_thread():
         yield event
         return
-    first_at: list[float] = []  # when the first Ctrl-C came
+    first_at: list[float] = []  # when the first signal came
 
     def handler(signum: int, frame: Any) -> None:
         if first_at and time.monotonic() - first_at[0] > 1.0:
-            raise KeyboardInterrupt
+            raise Interrupted(f"interrupted by {signal.Signals(signum).name}", signum)
         if not first_at:
             first_at.append(time.monotonic())
+            event.signum = signum
         event.set()
 
-    previous = signal.signal(signal.SIGINT, handler)
+    previous = {signum: signal.signal(signum, handler) for signum in signals}
     try:
         yield event
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for signum, old in previous.items():
+            signal.signal(signum, old)
+
+
+@contextlib.contextmanager
+def guarded_training(checkpoint_dir: str | Path | None, writer: bool = True) -> Iterator[InterruptFlag]:
+    """The context of a training loop: hold the checkpoint directory's lock (on the process that writes it), and
+    defer Ctrl-C, and SIGTERM and SIGHUP too when checkpointing, to the end of the current step."""
+    hold = locked(checkpoint_dir) if checkpoint_dir is not None and writer else contextlib.nullcontext()
+    signals = (signal.SIGINT, *TERMINATION_SIGNALS) if checkpoint_dir is not None else (signal.SIGINT,)
+    with hold, deferred_interrupt(signals) as flag:
+        yield flag

@@ -36,6 +36,8 @@ class Problem(ABC):
 
     #: set by the registry when the problem was built by name; lets a saved run rebuild it.
     registry_name: str | None = None
+    #: constructor options naming paths or sources to read: never taken from a run file unconfirmed.
+    path_options: tuple[str, ...] = ()
 
     @property
     @abstractmethod

@@ -6,7 +6,11 @@ dependencies load only for the pieces that need them. Adding a method is one mod
 
 from __future__ import annotations
 
+import collections.abc
 import importlib
+import inspect
+import types
+import typing
 from typing import Any, TypeVar
 
 from mooframe.pareto_set import ParetoSetModel
@@ -79,9 +83,135 @@ def _build(kind: str, base: type[T], spec: str | T, args: tuple, kwargs: dict[st
     if isinstance(spec, base):
         _reject_kwargs(kwargs, spec)
         return spec
+    check_options(kind, spec, kwargs)
     instance = resolve(kind, spec)(*args, **kwargs)
     instance.registry_name = spec.lower()
     return instance
+
+
+def check_options(kind: str, name: str, options: dict[str, Any], source: str | None = None) -> None:
+    """Check `options` against the constructor of the `kind` registered as `name`: known names, JSON values of the
+    annotated types. ValueError listing the accepted options with their types (prefixed by `source`, e.g. the run
+    file and key they came from)."""
+    cls = resolve(kind, name)
+    parameters = _parameters(cls)
+    where = f"{source}: " if source else ""
+    unknown = sorted(set(options) - set(parameters))
+    if unknown and not _takes_any_keyword(cls):
+        raise ValueError(f"{where}unknown {kind} option(s) {unknown} for {name}; it accepts {_describe(parameters)}")
+    hints = _type_hints(cls)
+    for key, value in options.items():
+        hint = hints.get(key)
+        if hint is not None and not _matches(value, hint):
+            raise ValueError(
+                f"{where}{kind} option {key}={value!r} for {name} must be {_type_name(hint)}; "
+                f"it accepts {_describe(parameters)}"
+            )
+
+
+def run_options(
+    kind: str, name: str, saved: dict[str, Any], supplied: dict[str, Any], trust_paths: bool, source: str
+) -> dict[str, Any]:
+    """The constructor options to rebuild a run's `kind` from its saved options, checked.
+
+    Options the class lists in `path_options` (folders, model paths, data sources) are taken from the run file
+    only when they equal the constructor's default, or with `trust_paths`; `supplied` re-supplies them.
+    """
+    cls = resolve(kind, name)
+    paths = tuple(getattr(cls, "path_options", ()))
+    extra = sorted(set(supplied) - set(paths))
+    if extra:
+        raise ValueError(
+            f"options {extra} cannot be re-supplied for the run's {kind} {name}: only its path options can "
+            f"({', '.join(paths) or 'it has none'})"
+        )
+    defaults = {key: p.default for key, p in _parameters(cls).items()}
+    unconfirmed = {k: v for k, v in saved.items() if k in paths and k not in supplied and v != defaults.get(k)}
+    if unconfirmed and not trust_paths:
+        shown = ", ".join(f"{k}={v!r}" for k, v in unconfirmed.items())
+        raise ValueError(
+            f"{source} sets {shown}, which name(s) paths or sources to read; mooframe does not take those from a run "
+            f"file: re-supply them (--{kind}-option KEY=VALUE; Python: {kind}_options=) or confirm the run's values "
+            "(--trust-run-paths; Python: trust_paths=True)"
+        )
+    options = {**saved, **supplied}
+    check_options(kind, name, options, source)
+    return options
+
+
+def _parameters(cls: type) -> dict[str, inspect.Parameter]:
+    """Keyword parameters of the constructor, without `self`, `problem` and `*args`/`**kwargs`."""
+    skipped = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+    return {
+        name: p
+        for name, p in inspect.signature(cls.__init__).parameters.items()
+        if name not in ("self", "problem") and p.kind not in skipped
+    }
+
+
+def _takes_any_keyword(cls: type) -> bool:
+    return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in inspect.signature(cls.__init__).parameters.values())
+
+
+def _type_hints(cls: type) -> dict[str, Any]:
+    """The constructor's annotations, resolved; one that cannot be resolved is left unchecked."""
+    try:
+        return typing.get_type_hints(cls.__init__)
+    except Exception:  # a name imported only for type checkers: resolve the annotations one by one
+        namespace = vars(inspect.getmodule(cls))
+        hints = {}
+        for name, annotation in getattr(cls.__init__, "__annotations__", {}).items():
+            try:
+                hints[name] = eval(annotation, namespace) if isinstance(annotation, str) else annotation
+            except Exception:
+                continue
+        return hints
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    """Whether the JSON value `value` can stand for an argument annotated `hint` (unknown classes: yes)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, arg) for arg in args)
+    if hint is type(None) or hint is None:
+        return value is None
+    if origin is typing.Literal:
+        return value in args
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    container = origin or hint
+    if container in (list, tuple, collections.abc.Sequence):
+        if not isinstance(value, list | tuple):
+            return False
+        element = args[0] if len(args) == 1 or (len(args) == 2 and args[1] is Ellipsis) else Any
+        return all(_matches(item, element) for item in value)
+    if container in (dict, collections.abc.Mapping):
+        return isinstance(value, dict)
+    return True
+
+
+def _type_name(hint: Any) -> str:
+    if hint is type(None):
+        return "None"
+    text = getattr(hint, "__name__", None) if not typing.get_args(hint) else str(hint)
+    return text.replace("typing.", "").replace("collections.abc.", "")
+
+
+def _describe(parameters: dict[str, inspect.Parameter]) -> str:
+    shown = []
+    for name, p in parameters.items():
+        annotation = p.annotation if p.annotation is not inspect.Parameter.empty else None
+        text = name + (f": {annotation}" if annotation else "")
+        shown.append(text + (f" = {p.default!r}" if p.default is not inspect.Parameter.empty else ""))
+    return ", ".join(shown) or "no options"
 
 
 def registered() -> dict[str, list[str]]:

@@ -7,6 +7,7 @@ baselines evaluated in memory (`mooframe demo`) are compared the same way.
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -15,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from mooframe.atomic import REPORT, staged_directory
 from mooframe.indicators import HypervolumeResult, as_points, hypervolume, igd, igd_plus, non_dominated
 from mooframe.preferences import equal_preference, uniform_grid, unit_preferences
 from mooframe.result import Front
@@ -134,14 +136,32 @@ class Comparison:
         return "\n".join(f"- {line}" for line in lines)
 
 
-def evaluation_preferences(n_objectives: int, n: int | None = None) -> np.ndarray:
+#: the most preferences `evaluation_preferences` returns unless asked for more (each is one model evaluated).
+PREFERENCE_BUDGET = 1000
+
+
+def evaluation_preferences(
+    n_objectives: int, n: int | None = None, max_preferences: int | None = None, refine: int = 1
+) -> np.ndarray:
     """The uniform grid with `n` points per edge, plus the equal-weight preference when the grid lacks it.
 
     By default n = 11 for up to 3 objectives (11 and 66 preferences, the PWE-MoE grids) and n = 2 beyond
-    (the T unit preferences and the equal one): 11 points per edge in 8 objectives would be 19448 models.
+    (the T unit preferences and the equal one): the count grows linearly in T, where 11 points per edge in 8
+    objectives would be 19448 models. A grid of more than `max_preferences` (default `PREFERENCE_BUDGET`),
+    counting the up to (refine - 1) T (T - 1) preferences a refinement adds, is refused before it is built.
     """
     if n is None:
         n = 11 if n_objectives <= 3 else 2
+    if n < 2:
+        raise ValueError(f"the grid needs n >= 2 points per simplex edge, got {n}")
+    budget = PREFERENCE_BUDGET if max_preferences is None else max_preferences
+    count = math.comb(n + n_objectives - 2, n_objectives - 1) + 1 + (refine - 1) * n_objectives * (n_objectives - 1)
+    if count > budget:
+        raise ValueError(
+            f"{n} points per edge on {n_objectives} objectives evaluate up to {count} preferences, more than the "
+            f"budget of {budget}; pass max_preferences={count} (--max-preferences {count}) to evaluate them all, "
+            "or a smaller n (--n)"
+        )
     grid = uniform_grid(n_objectives, n)
     equal = equal_preference(n_objectives)
     if np.abs(grid - equal).max(axis=1).min() > _PREF_TOLERANCE:
@@ -215,22 +235,27 @@ def write_report(
     directory: str | Path,
     true_front: np.ndarray | None = None,
     title: str = "Pareto front comparison",
+    inputs: Sequence[str | Path] = (),
 ) -> list[Path]:
-    """Write report.md, report.json, one front.csv per method (in a folder named after it) and fronts.png."""
+    """Write report.md, report.json, one front.csv per method (in a folder named after it) and fronts.png.
+
+    `directory` must be new, empty or a report mooframe wrote, and not inside any of `inputs` (see
+    `mooframe.atomic`); it is replaced atomically once every file is written.
+    """
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    written = [directory / "report.md", directory / "report.json", directory / "fronts.png"]
     if ERROR_NOTE in comparison.notes:
         title = f"{title}: {ERROR_NOTE}"
-    written[0].write_text(comparison.markdown(title) + "\n")
-    written[1].write_text(json.dumps(comparison.to_dict(), indent=2, default=_json_scalar) + "\n")
-    plot_fronts(fronts, written[2], true_front=true_front, title=title)
-    for label, front in fronts.items():
-        folder = directory / _safe_name(label)
-        folder.mkdir(exist_ok=True)
-        front.to_csv(folder / "front.csv")
-        written.append(folder / "front.csv")
-    return written
+    names = ["report.md", "report.json", "fronts.png", *(f"{_safe_name(label)}/front.csv" for label in fronts)]
+    with staged_directory(directory, REPORT, inputs) as staging:
+        (staging / "report.md").write_text(comparison.markdown(title) + "\n")
+        report = {"format": REPORT.format, **comparison.to_dict()}
+        (staging / "report.json").write_text(json.dumps(report, indent=2, default=_json_scalar) + "\n")
+        plot_fronts(fronts, staging / "fronts.png", true_front=true_front, title=title)
+        for label, front in fronts.items():
+            folder = staging / _safe_name(label)
+            folder.mkdir(exist_ok=True)
+            front.to_csv(folder / "front.csv")
+    return [directory / name for name in names]
 
 
 def plot_fronts(

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +17,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from mooframe.atomic import staged_directory
+from mooframe.atomic import RUN, recover_for_reading, staged_directory
 from mooframe.pareto_set import ParetoSetModel
 from mooframe.preferences import PreferenceLike, check_preference, uniform_grid
 from mooframe.problem import Problem
@@ -24,7 +26,6 @@ from mooframe.solver import Solver
 if TYPE_CHECKING:
     from mooframe.selection import Rule, Selection
 
-FORMAT = "mooframe-run/1"
 CONFIG_FILE, MODEL_FILE, HISTORY_FILE = "config.json", "model.safetensors", "history.safetensors"
 
 
@@ -100,70 +101,121 @@ class ParetoSetResult:
             metrics={name: np.asarray(values, dtype=float) for name, values in metrics.items()},
         )
 
-    def save(self, directory: str | Path) -> Path:
+    def save(self, directory: str | Path, inputs: Sequence[str | Path] = ()) -> Path:
         """Write the run to `directory` (config.json, model.safetensors, history.safetensors), atomically.
 
-        The files are written to a temporary sibling folder first and moved into place at the end, so an
-        interrupted save never leaves a half-written run behind.
+        `directory` must be new, empty or a run mooframe wrote (see `mooframe.atomic`), and not inside any of
+        `inputs`. The files are written to a hidden sibling folder that replaces `directory` only once complete;
+        config.json records each tensor file's SHA-256, which `load` checks. Non-finite parameters are refused.
         """
+        state = {k: v.detach().cpu().contiguous() for k, v in self.model.trainable_state().items()}
+        bad = [name for name, tensor in state.items() if not torch.isfinite(tensor).all()]
+        if bad:
+            raise FloatingPointError(f"refusing to save a run with non-finite trainable parameter(s) {bad[:5]}")
+        history = {k: torch.as_tensor(np.asarray(v, dtype=np.float64)) for k, v in self.history.items()}
         directory = Path(directory)
-        with staged_directory(directory) as staging:
+        with staged_directory(directory, RUN, inputs) as staging:
+            save_file(state, str(staging / MODEL_FILE))
+            save_file(history, str(staging / HISTORY_FILE))
             config = {
-                "format": FORMAT,
+                "format": RUN.format,
                 "problem": self.problem.spec(),
                 "model": self.model.spec(),
                 "solver": self.solver.spec(),
                 "solver_state": self.solver.state_dict(),
                 "objective_names": list(self.problem.objective_names),
                 "settings": self.settings,
+                "files": {name: file_sha256(staging / name) for name in (MODEL_FILE, HISTORY_FILE)},
             }
             (staging / CONFIG_FILE).write_text(json.dumps(config, indent=2))
-            state = {k: v.detach().cpu().contiguous() for k, v in self.model.trainable_state().items()}
-            save_file(state, str(staging / MODEL_FILE))
-            history = {k: torch.as_tensor(np.asarray(v, dtype=np.float64)) for k, v in self.history.items()}
-            save_file(history, str(staging / HISTORY_FILE))
         return directory
 
     @classmethod
     def load(
-        cls, directory: str | Path, problem: Problem | None = None, device: str | torch.device = "cpu"
+        cls,
+        directory: str | Path,
+        problem: Problem | None = None,
+        device: str | torch.device = "cpu",
+        problem_options: dict[str, Any] | None = None,
+        trust_paths: bool = False,
     ) -> ParetoSetResult:
-        """Read a run written by `save`. Pass `problem` when the run's problem was not built by name."""
-        from mooframe.registry import build_model, build_problem, build_solver
+        """Read a run written by `save`, validating every file before anything is built from it.
+
+        Pass `problem` when the run's problem was not built by name. A run's problem options that name paths or
+        sources (cache folders, model paths, data folders: the class's `path_options`) are not taken from the
+        run file: re-supply them in `problem_options`, or pass `trust_paths=True` to use the run's values.
+        """
+        from mooframe.registry import build_model, build_problem, build_solver, check_options, run_options
 
         directory = Path(directory)
+        recover_for_reading(directory)
         if not directory.is_dir():
             raise FileNotFoundError(f"run directory {directory} does not exist")
-        config = read_json(directory / CONFIG_FILE)
-        if config.get("format") != FORMAT:
-            raise ValueError(f"{directory / CONFIG_FILE} is not a mooframe run (format {config.get('format')!r})")
+        config_path = directory / CONFIG_FILE
+        config = read_json(config_path)
+        version = _check_config(config, config_path)
+        hashes = check_file_hashes(config["files"], (MODEL_FILE, HISTORY_FILE), config_path) if version > 1 else {}
+        state = read_safetensors(directory / MODEL_FILE, hashes.get(MODEL_FILE))
+        history_tensors = read_safetensors(directory / HISTORY_FILE, hashes.get(HISTORY_FILE))
+        names = config["objective_names"]
+        _check_model_tensors(state, directory / MODEL_FILE)
+        history = _check_history(history_tensors, len(names), directory / HISTORY_FILE)
+        for piece in ("model", "solver"):
+            if config[piece] is None:
+                raise ValueError(
+                    f"the run in {directory} used a {piece} that is not registered by name; it cannot be rebuilt"
+                )
+        where = f"{config_path} key"
+        model_options = run_options("model", config["model"]["name"], config["model"]["kwargs"], {}, trust_paths,
+                                    f"{where} 'model.kwargs'")
+        solver_options = config["solver"]["kwargs"]
+        check_options("solver", config["solver"]["name"], solver_options, f"{where} 'solver.kwargs'")
         if problem is None:
             if config["problem"] is None:
                 raise ValueError(
                     f"the run in {directory} was made with a problem instance that is not registered by name; "
                     "pass it as ParetoSetResult.load(directory, problem=...)"
                 )
-            problem = build_problem(config["problem"]["name"], **config["problem"]["kwargs"])
+            spec = config["problem"]
+            options = run_options("problem", spec["name"], spec["kwargs"], problem_options or {}, trust_paths,
+                                  f"{where} 'problem.kwargs'")
+            problem = build_problem(spec["name"], **options)
+        elif problem_options:
+            raise ValueError("problem_options re-supply options of the run's own problem; they cannot go with problem=")
+        if list(problem.objective_names) != names:
+            raise ValueError(f"{config_path}: the run's objectives {names} are not the problem's "
+                             f"{list(problem.objective_names)}")
         problem = problem.to(device)
-        if config["model"] is None:
-            raise ValueError(
-                f"the run in {directory} used a model that is not registered by name; it cannot be rebuilt"
-            )
-        model = build_model(config["model"]["name"], problem, **config["model"]["kwargs"]).to(device)
-        model.load_trainable_state(read_safetensors(directory / MODEL_FILE))
-        solver = build_solver(config["solver"]["name"], **config["solver"]["kwargs"])
-        solver.load_state_dict(config.get("solver_state", {}))  # absent in runs saved before it was stored
-        history = {k: v.numpy() for k, v in read_safetensors(directory / HISTORY_FILE).items()}
-        result = cls(problem, model, solver, settings=config.get("settings", {}), history=history)
+        model = build_model(config["model"]["name"], problem, **model_options).to(device)
+        try:
+            model.load_trainable_state(state)
+        except ValueError as error:
+            raise ValueError(f"{directory / MODEL_FILE}: {error}") from None
+        solver = build_solver(config["solver"]["name"], **solver_options)
+        try:
+            solver.load_state_dict(config.get("solver_state", {}))  # absent in runs saved before it was stored
+        except (KeyError, TypeError, ValueError, IndexError) as error:
+            raise ValueError(f"{config_path}: key 'solver_state' does not fit the solver ({error!r})") from None
+        result = cls(problem, model, solver, settings=config["settings"], history=history)
         result.source = directory
         return result
 
-    def select(self, rule: str | Rule, front: Front | None = None, n: int = 11, refine: int = 1) -> Selection:
-        """Choose a preference by `rule` (see `mooframe.selection`) on `front`, or on the grid `front(n=n)`.
+    def select(
+        self,
+        rule: str | Rule,
+        front: Front | None = None,
+        n: int | None = None,
+        refine: int = 1,
+        max_preferences: int | None = None,
+    ) -> Selection:
+        """Choose a preference by `rule` (see `mooframe.selection`) on `front`, or on the evaluation grid with `n`
+        points per simplex edge (default: `mooframe.report.evaluation_preferences`'s, which scales with T).
 
         `pref ...` rules evaluate that preference alone. With `refine=k > 1` the choice is refined: k - 1 more
         preferences are evaluated on each segment from it to its evaluated neighbours, and the rule is applied again.
+        More preferences than `max_preferences` (default `mooframe.report.PREFERENCE_BUDGET`) are refused.
         """
+        from mooframe.report import evaluation_preferences
         from mooframe.selection import concat_fronts, local_refinement, parse_rule, select
 
         if refine < 1:
@@ -171,7 +223,8 @@ class ParetoSetResult:
         rule = parse_rule(rule) if isinstance(rule, str) else rule
         if rule.kind == "pref":
             return select(self.front([rule.point]), rule)
-        front = self.front(n=n) if front is None else front
+        if front is None:
+            front = self.front(evaluation_preferences(self.n_objectives, n, max_preferences, refine=refine))
         selection = select(front, rule)
         if refine > 1:
             selection = select(concat_fronts(front, self.front(local_refinement(front, selection.index, refine))), rule)
@@ -205,7 +258,57 @@ class ParetoSetResult:
             "solver": self.solver.spec() or {"name": type(self.solver).__name__},
             "source_run": None if self.source is None else str(self.source.resolve()),
         }
-        return export_solution(solution, path, card, force=force)
+        return export_solution(solution, path, card, force=force, inputs=[self.source] if self.source else [])
+
+
+def _check_config(config: dict[str, Any], path: Path) -> int:
+    """Check config.json's shape and types (ValueError naming the key); return its format version."""
+    check_fields(config, {"format": (str,)}, path)
+    found = re.fullmatch(r"mooframe-run/(\d+)", config["format"])
+    if found is None or not 1 <= int(found[1]) <= RUN.version:
+        raise ValueError(f"{path} is not a mooframe run this version reads (format {config['format']!r}, "
+                         f"expected {RUN.format})")
+    version = int(found[1])
+    schema: dict[str, tuple[type | None, ...]] = {
+        "problem": (dict, None), "model": (dict, None), "solver": (dict, None), "objective_names": (list,),
+        "settings": (dict,),
+    }
+    if version > 1:
+        schema.update(solver_state=(dict,), files=(dict,))
+    check_fields(config, schema, path)
+    for piece in ("problem", "model", "solver"):
+        if config[piece] is not None:
+            check_fields(config[piece], {"name": (str,), "kwargs": (dict,)}, path, prefix=f"{piece}.")
+    names = config["objective_names"]
+    if not names or not all(isinstance(name, str) for name in names) or len(set(names)) != len(names):
+        raise ValueError(f"{path}: key 'objective_names' must be a list of distinct names, got {names!r}")
+    return version
+
+
+def _check_model_tensors(state: dict[str, torch.Tensor], path: Path) -> None:
+    for name, tensor in state.items():
+        if not tensor.is_floating_point():
+            raise ValueError(f"{path}: tensor {name!r} has dtype {tensor.dtype}; trainable parameters are floating")
+        if not torch.isfinite(tensor).all():
+            raise ValueError(f"{path}: tensor {name!r} holds non-finite values")
+
+
+HISTORY_KEYS = ("loss", "weight", "pref")
+
+
+def _check_history(tensors: dict[str, torch.Tensor], n_objectives: int, path: Path) -> dict[str, np.ndarray]:
+    """The history as arrays: float64, one row per step and one column per objective (NaN rows: skipped steps)."""
+    unknown = sorted(set(tensors) - set(HISTORY_KEYS))
+    if unknown:
+        raise ValueError(f"{path}: unexpected tensors {unknown}; a run's history holds {', '.join(HISTORY_KEYS)}")
+    rows = {len(t) for t in tensors.values()}
+    for name, tensor in tensors.items():
+        if tensor.dtype != torch.float64 or tensor.ndim != 2 or tensor.shape[1] != n_objectives or len(rows) > 1:
+            raise ValueError(
+                f"{path}: tensor {name!r} has dtype {tensor.dtype} and shape {tuple(tensor.shape)}; expected "
+                f"float64 of shape (steps, {n_objectives}), the same steps for {', '.join(sorted(tensors))}"
+            )
+    return {name: tensor.numpy() for name, tensor in tensors.items()}
 
 
 def _by_task(names: list[str], values: PreferenceLike) -> dict[str, float]:
@@ -213,18 +316,59 @@ def _by_task(names: list[str], values: PreferenceLike) -> dict[str, float]:
 
 
 def read_json(path: Path) -> dict[str, Any]:
+    """The JSON object in `path`; FileNotFoundError or ValueError naming the file otherwise."""
     if not path.is_file():
         raise FileNotFoundError(f"missing file {path}")
     try:
-        return json.loads(path.read_text())
+        data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise ValueError(f"corrupt JSON in {path}: {error}") from error
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} must hold a JSON object, got {type(data).__name__}")
+    return data
 
 
-def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+def read_safetensors(path: Path, sha256: str | None = None) -> dict[str, torch.Tensor]:
+    """The tensors in `path`, after checking the file's SHA-256 against `sha256` when one was recorded."""
     if not path.is_file():
         raise FileNotFoundError(f"missing file {path}")
+    if sha256 is not None and file_sha256(path) != sha256:
+        raise ValueError(f"{path} does not match the SHA-256 recorded when it was saved: it was changed or truncated")
     try:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as error:
         raise ValueError(f"corrupt safetensors file {path}: {error}") from error
+
+
+def file_sha256(path: Path) -> str:
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+#: JSON types a schema names, and how an error message says them.
+_JSON_TYPES = {dict: "an object", list: "a list", str: "a string", int: "an integer", float: "a number"}
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def check_fields(data: dict[str, Any], schema: dict[str, tuple[type | None, ...]], path: Path, prefix: str = "") -> None:
+    """Each key of `schema` is in `data` with a value of one of its types (None: JSON null); ValueError naming the
+    file and the key otherwise. An int is a number but a bool is neither."""
+    for key, types in schema.items():
+        if key not in data:
+            raise ValueError(f"{path}: key {prefix + key!r} is missing")
+        value = data[key]
+        ok = any(
+            value is None if t is None else isinstance(value, t) and not (isinstance(value, bool) and t is not bool)
+            for t in (*types, *((int,) if float in types else ()))
+        )
+        if not ok:
+            wanted = " or ".join("null" if t is None else _JSON_TYPES.get(t, t.__name__) for t in types)
+            raise ValueError(f"{path}: key {prefix + key!r} must be {wanted}, got {json.dumps(value)[:60]}")
+
+
+def check_file_hashes(files: dict[str, Any], names: Sequence[str], path: Path) -> dict[str, str]:
+    """The recorded SHA-256 of each of `names` in the "files" object of the JSON file `path`."""
+    for name in names:
+        if not isinstance(files.get(name), str) or not _SHA256.fullmatch(files[name]):
+            raise ValueError(f"{path}: key 'files.{name}' must be the file's SHA-256 (64 hex digits)")
+    return {name: files[name] for name in names}

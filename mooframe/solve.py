@@ -20,7 +20,8 @@ from torch.autograd.graph import GradientEdge
 from tqdm.auto import tqdm
 
 from mooframe import distributed
-from mooframe.checkpoint import TrainingState, deferred_interrupt
+from mooframe.atomic import CHECKPOINTS, check_output
+from mooframe.checkpoint import Interrupted, TrainingState, checkpoint_directory, guarded_training
 from mooframe.pareto_set import ParetoSetModel
 from mooframe.preferences import sample_preferences
 from mooframe.problem import Problem
@@ -72,13 +73,16 @@ def solve(
         device: where the model and the problem's tensors live.
         progress: show a progress bar with the running losses.
         problem_kwargs, model_kwargs, solver_kwargs: constructor options when the pieces are given by name.
-        checkpoint_dir: where checkpoints go (see `mooframe.checkpoint`): on Ctrl-C, which finishes the current
-            step first, and every `checkpoint_every` steps and after the last. Defaults to `resume`'s folder.
+        checkpoint_dir: where checkpoints go (see `mooframe.checkpoint`): on Ctrl-C, SIGTERM or SIGHUP, which
+            finish the current step first, and every `checkpoint_every` steps and after the last. It must be new,
+            empty or a checkpoint directory (checked before anything is built) and is locked while training.
+            Defaults to the directory holding the checkpoint `resume` names.
         checkpoint_every: steps between checkpoints (0: only on Ctrl-C).
         resume: a checkpoint (or a directory of them: the newest) to continue from, exactly; the run's settings
             must equal those that wrote it.
         on_nonfinite: a NaN or inf loss or gradient "raise"s FloatingPointError naming the step and objective,
-            or "skip"s the update (counted in `settings["skipped_steps"]`); parameters never become NaN.
+            or "skip"s the update (counted in `settings["skipped_steps"]`); parameters never become NaN (an update
+            that overflows a parameter raises FloatingPointError even when skipping).
 
     Under torch.distributed (a process group is initialized, e.g. by `torchrun`) every rank draws the same
     preferences and trains on its shard of each task's batch, gradients are averaged over ranks (see
@@ -94,10 +98,18 @@ def solve(
         raise ValueError(f"unknown on_nonfinite {on_nonfinite!r}; known: {', '.join(ON_NONFINITE)}")
     if checkpoint_every < 0:
         raise ValueError(f"checkpoint_every must be >= 0 (0: only on Ctrl-C), got {checkpoint_every}")
-    if lr is not None and not lr > 0:
-        raise ValueError(f"lr must be > 0, got {lr}")
+    if lr is not None and not 0 < lr < math.inf:
+        raise ValueError(f"lr must be > 0 and finite, got {lr}")
+    if not 0 < alpha < math.inf:
+        raise ValueError(f"alpha must be > 0 and finite (the Dirichlet concentration), got {alpha}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
     if warmup_steps is not None and not 0 <= warmup_steps <= steps:
         raise ValueError(f"warmup_steps must be between 0 and steps = {steps}, got {warmup_steps}")
+    if resume is not None and checkpoint_dir is None:
+        checkpoint_dir = checkpoint_directory(resume)  # later checkpoints go beside the one resumed from
+    if checkpoint_dir is not None:
+        check_output(checkpoint_dir, CHECKPOINTS)  # before anything is built or trained
     device = distributed.rank_device(device)
     torch.manual_seed(seed)
     problem = build_problem(problem, **(problem_kwargs or {})).to(device)
@@ -124,13 +136,12 @@ def solve(
     if resume is not None:
         restored = state.restore(resume)
         logger.info("resumed from %s at step %d", restored, state.step)
-        checkpoint_dir = checkpoint_dir if checkpoint_dir is not None else restored.parent
     batches = itertools.islice(problem.batches(np.random.default_rng([seed, 1])), state.step, None)
     start = time.perf_counter()
     bar = tqdm(
         range(state.step, steps), desc="solve", disable=not (progress and distributed.is_writer()), dynamic_ncols=True
     )
-    with deferred_interrupt() as interrupted:
+    with guarded_training(checkpoint_dir, writer=distributed.is_writer()) as interrupted:
         for step in bar:
             pref = model.training_preference(sample_preferences(n_objectives, state.pref_rng, alpha).to(device), step)
             solution = model(pref)
@@ -142,6 +153,8 @@ def solve(
                 weights = _backward(losses, global_losses, pref, solver, params, problem.objective_names)
                 _check_gradients(model)
                 opt.step()
+                if on_nonfinite == "skip":  # a finite gradient can still overflow a parameter: never keep it
+                    _check_parameters(model, step)
             except _NonFinite as fault:
                 if on_nonfinite == "raise":
                     hint = "pass on_nonfinite='skip' to skip such steps"
@@ -159,7 +172,8 @@ def solve(
                 _write_checkpoint(state, checkpoint_dir)
             if stop:
                 saved = f"; checkpoint in {checkpoint_dir}" if checkpoint_dir is not None else ""
-                raise KeyboardInterrupt(f"interrupted after step {state.step}{saved}")
+                message = f"interrupted by {interrupted.signal_name} after step {state.step}{saved}"
+                raise Interrupted(message, interrupted.signum)
     settings.update(train_seconds=time.perf_counter() - start, solver_stats=solver.stats())
     settings["skipped_steps"] = state.skipped_steps
     history = {key: np.asarray(rows, dtype=float).reshape(-1, n_objectives) for key, rows in state.history.items()}
@@ -258,6 +272,15 @@ def _check_gradients(model: ParetoSetModel) -> None:
     bad = [name for (name, _), ok in zip(named, finite.tolist(), strict=True) if not ok]
     if bad:
         raise _NonFinite(f"non-finite gradient in parameter(s) {bad[:5]}")
+
+
+def _check_parameters(model: ParetoSetModel, step: int) -> None:
+    bad = [name for name, p in model.named_parameters() if p.requires_grad and not torch.isfinite(p).all()]
+    if bad:
+        raise FloatingPointError(
+            f"step {step}: the update made parameter(s) {bad[:5]} non-finite although its gradient was finite; "
+            "lower the learning rate (--lr)"
+        )
 
 
 def _names(mask: torch.Tensor, names: list[str]) -> list[str]:

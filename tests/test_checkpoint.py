@@ -174,7 +174,7 @@ def test_a_checkpoint_write_that_fails_midway_leaves_the_previous_checkpoint_who
     options = {"model_kwargs": {"hidden": 8}, "progress": False, "seed": 4}
     with pytest.raises(OSError, match="No space left"):
         solve("zdt1", steps=8, checkpoint_dir=tmp_path, checkpoint_every=2, **options)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["step-00000004"]  # no half-written folder left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoints.json", "step-00000004"]  # no half-written one
     monkeypatch.undo()
     resumed = solve("zdt1", steps=8, resume=tmp_path, **options)
     _assert_identical(resumed, solve("zdt1", steps=8, **options))

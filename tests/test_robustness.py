@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import tempfile
@@ -15,7 +16,7 @@ from toys import RouterMerge
 from mooframe.checkpoint import STATE_FILE, TENSORS_FILE
 from mooframe.cli import main
 from mooframe.problem import MergingProblem
-from mooframe.result import ParetoSetResult
+from mooframe.result import ParetoSetResult, file_sha256
 from mooframe.solve import solve
 
 MARKER = Path(tempfile.gettempdir()) / f"mooframe-pickle-ran-{os.getpid()}"
@@ -47,6 +48,14 @@ def _resume(checkpoint: Path, **kwargs) -> None:
     solve("zdt1", progress=False, resume=checkpoint, **settings)
 
 
+def _rehash(folder: Path, json_file: str = STATE_FILE) -> None:
+    """Record the current SHA-256 of the folder's tensor files, as a tamperer who edits the JSON too would."""
+    path = folder / json_file
+    state = json.loads(path.read_text())
+    state["files"] = {name: file_sha256(folder / name) for name in state["files"]}
+    path.write_text(json.dumps(state))
+
+
 def _one_line(error: pytest.ExceptionInfo) -> str:
     message = str(error.value)
     assert "\n" not in message
@@ -57,6 +66,10 @@ def test_a_pickle_crafted_to_run_code_is_refused_as_a_checkpoint_and_does_not_ru
     MARKER.unlink(missing_ok=True)
     payload = pickle.dumps({"model": _RunsCode()})
     (checkpoint / TENSORS_FILE).write_bytes(payload)
+    with pytest.raises(ValueError, match=r"tensors\.safetensors does not match the SHA-256 recorded") as error:
+        _resume(checkpoint)
+    _one_line(error)
+    _rehash(checkpoint)
     with pytest.raises(ValueError, match=r"corrupt safetensors file .*tensors\.safetensors") as error:
         _resume(checkpoint)
     _one_line(error)
@@ -73,6 +86,10 @@ def test_a_pickle_crafted_to_run_code_is_refused_as_a_checkpoint_and_does_not_ru
 def test_truncated_checkpoint_tensors(checkpoint):
     data = (checkpoint / TENSORS_FILE).read_bytes()
     (checkpoint / TENSORS_FILE).write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=r"step-00000003/tensors\.safetensors does not match the SHA-256") as error:
+        _resume(checkpoint)
+    _one_line(error)
+    _rehash(checkpoint)
     with pytest.raises(ValueError, match=r"corrupt safetensors file .*step-00000003/tensors\.safetensors") as error:
         _resume(checkpoint)
     _one_line(error)
@@ -98,6 +115,7 @@ def _edited_checkpoint_is_refused(checkpoint, edit, message: str) -> None:
     tensors = load_file(str(checkpoint / TENSORS_FILE))
     edit(tensors)
     save_file(tensors, str(checkpoint / TENSORS_FILE))
+    _rehash(checkpoint)
     with pytest.raises(ValueError, match=message) as error:
         _resume(checkpoint)
     _one_line(error)
@@ -139,6 +157,9 @@ def test_run_directory_holding_a_pickle(tmp_path):
     solve("zdt1", steps=1, progress=False, model_kwargs={"hidden": 8}).save(tmp_path / "run")
     MARKER.unlink(missing_ok=True)
     (tmp_path / "run" / "model.safetensors").write_bytes(pickle.dumps(_RunsCode()))
+    with pytest.raises(ValueError, match=r"model\.safetensors does not match the SHA-256"):
+        ParetoSetResult.load(tmp_path / "run")
+    _rehash(tmp_path / "run", "config.json")
     with pytest.raises(ValueError, match=r"corrupt safetensors file .*model\.safetensors"):
         ParetoSetResult.load(tmp_path / "run")
     assert not MARKER.exists()

@@ -80,6 +80,8 @@ class MultiTaskDigits(MergingProblem):
         progress: show progress bars while building (the first use of a seed and merge_fraction).
     """
 
+    path_options = ("cache_dir",)
+
     def __init__(
         self,
         tasks: Sequence[str] = DEFAULT_TASKS,

@@ -53,6 +53,8 @@ class CLIPImageClassification(PretrainedMergingProblem):
         objective, batch_size, eval_batch_size: as in MergingProblem.
     """
 
+    path_options = ("model", "pretrained_weights", "experts", "data", "head_cache")
+
     def __init__(
         self,
         tasks: Sequence[str],

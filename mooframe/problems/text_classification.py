@@ -45,6 +45,8 @@ class GLUETextClassification(PretrainedMergingProblem):
             CLIPImageClassification.
     """
 
+    path_options = ("model", "experts", "data")
+
     def __init__(
         self,
         tasks: Sequence[str],
