@@ -1,15 +1,23 @@
-"""The `mooframe` command: solve, select, export, list."""
+"""The `mooframe` command: solve, evaluate, select, export, demo, list.
+
+A user's mistake (bad flag value, unknown option, unusable path or device, malformed run file) is one line on
+stderr, `mooframe COMMAND: error: ...`, and exit status 2; argparse's own errors add the usage line above it.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
-USAGE_ERRORS = (ValueError, FileNotFoundError, KeyError)
+#: errors that mean the input was wrong (exit status 2); ArtifactError is a ValueError.
+USAGE_ERRORS = (ValueError, FileNotFoundError, KeyError, PermissionError, NotADirectoryError, IsADirectoryError)
 
 
 def parse_options(pairs: Sequence[str] | None) -> dict[str, Any]:
@@ -26,35 +34,101 @@ def parse_options(pairs: Sequence[str] | None) -> dict[str, Any]:
     return options
 
 
+def _number(kind: type, what: str, check: Callable[[Any], bool]) -> Callable[[str], Any]:
+    """An argparse type: `kind(text)` satisfying `check`, else an error saying `what` the flag takes."""
+
+    def convert(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+        if not check(value):
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text}")
+        return value
+
+    convert.__name__ = what  # argparse names the type in its own messages
+    return convert
+
+
+count = _number(int, "an integer >= 0", lambda v: v >= 0)
+positive_int = _number(int, "an integer >= 1", lambda v: v >= 1)
+finite_float = _number(float, "a finite number", math.isfinite)
+positive_float = _number(float, "a finite number > 0", lambda v: math.isfinite(v) and v > 0)
+
+
+def device(text: str) -> str:
+    """An argparse type: a torch device that exists here (cpu, cuda, cuda:1, mps); else the ones that do."""
+    if text == "cpu":
+        return text
+    import torch
+
+    try:
+        parsed = torch.device(text)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a device name; available: {', '.join(available_devices())}"
+        ) from None
+    backend = getattr(torch, parsed.type, None) if parsed.type != "mps" else torch.backends.mps
+    usable = parsed.type == "cpu" or bool(backend is not None and backend.is_available())
+    if usable and parsed.type == "cuda" and parsed.index is not None:
+        usable = parsed.index < torch.cuda.device_count()
+    if not usable:
+        raise argparse.ArgumentTypeError(f"device {text!r} is not available here; available: "
+                                         f"{', '.join(available_devices())}")
+    return text
+
+
+def available_devices() -> list[str]:
+    """The torch devices of this machine by name: cpu, then cuda:0 ... and mps where present."""
+    import torch
+
+    names = ["cpu", *(f"cuda:{i}" for i in range(torch.cuda.device_count() if torch.cuda.is_available() else 0))]
+    return names + (["mps"] if torch.backends.mps.is_available() else [])
+
+
+def _run_reading_options(args: argparse.Namespace) -> dict[str, Any]:
+    """How `ParetoSetResult.load` may rebuild a run's problem: re-supplied path options, or trust in the run's."""
+    return {"problem_options": parse_options(args.problem_option), "trust_paths": args.trust_run_paths}
+
+
 def _cmd_solve(args: argparse.Namespace) -> None:
     from mooframe import distributed
+    from mooframe.atomic import CHECKPOINTS, RUN, check_output, locked
+    from mooframe.checkpoint import checkpoint_directory
     from mooframe.solve import solve
 
+    # every output path is checked before anything is built or trained
+    if args.checkpoint_dir is not None:
+        checkpoint_dir = args.checkpoint_dir
+    else:  # a resumed run checkpoints beside the checkpoint it resumed from
+        checkpoint_dir = checkpoint_directory(args.resume) if args.resume else f"{args.out}-checkpoints"
+    out = check_output(args.out, RUN, inputs=[checkpoint_dir, *([args.resume] if args.resume else [])])
+    check_output(checkpoint_dir, CHECKPOINTS, inputs=[out])
     joined = distributed.init_from_environment(args.device)
-    checkpoint_dir = args.checkpoint_dir or args.resume or f"{args.out}-checkpoints"
-    result = solve(
-        args.problem,
-        model=args.model,
-        solver=args.solver,
-        steps=args.steps,
-        lr=args.lr,
-        optimizer=args.optimizer,
-        lr_schedule=args.lr_schedule,
-        warmup_steps=args.warmup_steps,
-        alpha=args.alpha,
-        seed=args.seed,
-        device=args.device,
-        progress=not args.quiet,
-        problem_kwargs=parse_options(args.problem_option),
-        model_kwargs=parse_options(args.model_option),
-        solver_kwargs=parse_options(args.solver_option),
-        checkpoint_dir=checkpoint_dir,
-        checkpoint_every=args.checkpoint_every,
-        resume=args.resume,
-        on_nonfinite=args.on_nonfinite,
-    )
-    if distributed.is_writer():
-        print(f"saved run to {result.save(args.out)}")
+    with locked(out) if distributed.is_writer() else nullcontext():
+        result = solve(
+            args.problem,
+            model=args.model,
+            solver=args.solver,
+            steps=args.steps,
+            lr=args.lr,
+            optimizer=args.optimizer,
+            lr_schedule=args.lr_schedule,
+            warmup_steps=args.warmup_steps,
+            alpha=args.alpha,
+            seed=args.seed,
+            device=args.device,
+            progress=not args.quiet,
+            problem_kwargs=parse_options(args.problem_option),
+            model_kwargs=parse_options(args.model_option),
+            solver_kwargs=parse_options(args.solver_option),
+            checkpoint_dir=checkpoint_dir,
+            checkpoint_every=args.checkpoint_every,
+            resume=args.resume,
+            on_nonfinite=args.on_nonfinite,
+        )
+        if distributed.is_writer():
+            print(f"saved run to {result.save(out)}")
     if joined:
         distributed.shutdown()
 
@@ -62,17 +136,20 @@ def _cmd_solve(args: argparse.Namespace) -> None:
 def _cmd_select(args: argparse.Namespace) -> None:
     from mooframe.result import ParetoSetResult
 
-    result = ParetoSetResult.load(args.run_dir, device=args.device)
-    print(result.select(args.rule, n=args.n, refine=args.refine).summary(args.runners_up))
+    result = ParetoSetResult.load(args.run_dir, device=args.device, **_run_reading_options(args))
+    selection = result.select(args.rule, n=args.n, refine=args.refine, max_preferences=args.max_preferences)
+    print(selection.summary(args.runners_up))
 
 
 def _cmd_export(args: argparse.Namespace) -> None:
+    from mooframe.atomic import EXPORT, check_output
     from mooframe.result import ParetoSetResult
     from mooframe.selection import parse_vector
 
-    result = ParetoSetResult.load(args.run_dir, device=args.device)
+    check_output(args.out, EXPORT, inputs=[args.run_dir], replace=args.force)  # before evaluating anything
+    result = ParetoSetResult.load(args.run_dir, device=args.device, **_run_reading_options(args))
     if args.select is not None:
-        target = result.select(args.select, n=args.n, refine=args.refine)
+        target = result.select(args.select, n=args.n, refine=args.refine, max_preferences=args.max_preferences)
         print(target.summary(args.runners_up))
         pref = target.pref
     else:
@@ -81,42 +158,69 @@ def _cmd_export(args: argparse.Namespace) -> None:
     print(f"exported the model at preference {','.join(f'{v:.6g}' for v in pref)} to {path}")
 
 
+def _add_run_reading_options(parser: argparse.ArgumentParser) -> None:
+    """Options of the commands that load runs: re-supplied path options, and the preference budget."""
+    parser.add_argument(
+        "--problem-option",
+        action="append",
+        metavar="KEY=VALUE",
+        help="re-supply a path option of the runs' problem (cache folders, model paths, data sources)",
+    )
+    parser.add_argument(
+        "--trust-run-paths", action="store_true", help="use the path options recorded in the run files as they are"
+    )
+    parser.add_argument(
+        "--max-preferences",
+        type=positive_int,
+        metavar="N",
+        help="evaluate up to N preferences (default 1000; a larger grid is refused with its size)",
+    )
+
+
 def _add_selection_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--n", type=int, default=11, help="grid points per simplex edge to evaluate (default 11)")
+    parser.add_argument(
+        "--n",
+        type=positive_int,
+        help="grid points per simplex edge to evaluate (default 11 up to 3 objectives, else 2: T + 1 preferences)",
+    )
     parser.add_argument(
         "--refine",
-        type=int,
+        type=positive_int,
         default=1,
         metavar="K",
         help="then evaluate K-1 more preferences between the choice and each grid neighbour and choose again",
     )
-    parser.add_argument("--runners-up", type=int, default=3, help="how many runners-up to print")
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--runners-up", type=count, default=3, help="how many runners-up to print")
+    parser.add_argument("--device", type=device, default="cpu")
+    _add_run_reading_options(parser)
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:
+    from mooframe.atomic import REPORT, check_output
     from mooframe.report import compare_fronts, evaluation_preferences, write_report
     from mooframe.result import ParetoSetResult
 
     paths = [Path(run) for run in args.runs]
     if len(set(paths)) != len(paths):
         raise ValueError(f"a run is given twice in {args.runs}; pass each run directory once")
+    out = check_output(args.out, REPORT, inputs=paths)  # before evaluating anything
     # label runs by folder name where those are unique, else by the path given
     labels = [p.name for p in paths] if len({p.name for p in paths}) == len(paths) else [str(p) for p in paths]
-    results = {label: ParetoSetResult.load(path) for label, path in zip(labels, paths, strict=True)}
+    options = _run_reading_options(args)
+    results = {label: ParetoSetResult.load(path, **options) for label, path in zip(labels, paths, strict=True)}
     problems = {label: result.problem.spec() for label, result in results.items()}
     first = labels[0]
     for label, spec in problems.items():
         if spec != problems[first]:
             raise ValueError(f"runs solve different problems: {first} has {problems[first]}, {label} has {spec}")
     problem = results[first].problem
-    prefs = evaluation_preferences(problem.n_objectives, args.n)
+    prefs = evaluation_preferences(problem.n_objectives, args.n, args.max_preferences)
     fronts = {label: result.front(prefs, progress=not args.quiet) for label, result in results.items()}
     true_front = problem.true_front()
     comparison = compare_fronts(fronts, true_front=true_front, ref=args.ref)
-    write_report(comparison, fronts, args.out, true_front=true_front, title=problem.registry_name or "runs")
+    write_report(comparison, fronts, out, true_front=true_front, title=problem.registry_name or "runs", inputs=paths)
     print(comparison.text())
-    print(f"\nwrote report.md, report.json, fronts.png and one front.csv per run to {args.out}")
+    print(f"\nwrote report.md, report.json, fronts.png and one front.csv per run to {out}")
 
 
 def _cmd_demo(args: argparse.Namespace) -> None:
@@ -141,16 +245,16 @@ def build_parser() -> argparse.ArgumentParser:
     solve.add_argument("--problem", required=True, help="registered problem name (see `mooframe list`)")
     solve.add_argument("--model", default="hypernet", help="registered Pareto set model name")
     solve.add_argument("--solver", default="ls", help="registered solver name")
-    solve.add_argument("--steps", type=int, default=1000)
-    solve.add_argument("--lr", type=float, default=None, help="default: the model's (1e-2; hypernet 1e-3)")
+    solve.add_argument("--steps", type=count, default=1000)
+    solve.add_argument("--lr", type=positive_float, default=None, help="default: the model's (1e-2; hypernet 1e-3)")
     solve.add_argument("--optimizer", default="adam", choices=["adam", "adamw", "sgd"])
     solve.add_argument("--lr-schedule", default="cosine", choices=["cosine", "constant"])
     solve.add_argument(
-        "--warmup-steps", type=int, default=None, help="linear lr warm-up steps (default: the model's; PWE-MoE 100)"
+        "--warmup-steps", type=count, default=None, help="linear lr warm-up steps (default: the model's; PWE-MoE 100)"
     )
-    solve.add_argument("--alpha", type=float, default=1.0, help="Dirichlet concentration of the preferences")
-    solve.add_argument("--seed", type=int, default=0)
-    solve.add_argument("--device", default="cpu")
+    solve.add_argument("--alpha", type=positive_float, default=1.0, help="Dirichlet concentration of the preferences")
+    solve.add_argument("--seed", type=count, default=0)
+    solve.add_argument("--device", type=device, default="cpu")
     for piece in ("problem", "model", "solver"):
         solve.add_argument(
             f"--{piece}-option", action="append", metavar="KEY=VALUE", help=f"constructor option of the {piece}"
@@ -158,10 +262,16 @@ def build_parser() -> argparse.ArgumentParser:
     solve.add_argument("--out", required=True, help="run directory to write")
     solve.add_argument("--quiet", action="store_true", help="no progress bar")
     solve.add_argument(
-        "--checkpoint-every", type=int, default=0, metavar="N", help="checkpoint every N steps (always on Ctrl-C)"
+        "--checkpoint-every", type=count, default=0, metavar="N", help="checkpoint every N steps (always on Ctrl-C)"
     )
-    solve.add_argument("--checkpoint-dir", help="where checkpoints go (default: OUT-checkpoints, or the --resume DIR)")
-    solve.add_argument("--resume", metavar="DIR", help="continue exactly from the newest checkpoint in DIR")
+    solve.add_argument(
+        "--checkpoint-dir", help="where checkpoints go (default: OUT-checkpoints, or where the --resume checkpoint is)"
+    )
+    solve.add_argument(
+        "--resume",
+        metavar="DIR",
+        help="continue exactly from the checkpoint folder DIR, or the newest in the checkpoint directory DIR",
+    )
     solve.add_argument(
         "--on-nonfinite", default="raise", choices=["raise", "skip"], help="stop on a NaN/inf loss or skip the step"
     )
@@ -180,8 +290,10 @@ def build_parser() -> argparse.ArgumentParser:
     target = export.add_mutually_exclusive_group(required=True)
     target.add_argument("--pref", help="preference, comma-separated, e.g. 0.3,0.7")
     target.add_argument("--select", metavar="RULE", help="choose the preference by a rule (see `mooframe select`)")
-    export.add_argument("--out", required=True, help="directory to write (must not exist unless --force)")
-    export.add_argument("--force", action="store_true", help="replace an existing export at --out")
+    export.add_argument("--out", required=True, help="directory to write (new or empty; an export of mooframe's with --force)")
+    export.add_argument(
+        "--force", action="store_true", help="replace an export mooframe wrote at --out (never anything else)"
+    )
     _add_selection_options(export)
     export.set_defaults(run=_cmd_export)
 
@@ -189,24 +301,25 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("runs", nargs="+", metavar="RUN", help="run directories written by `mooframe solve`")
     evaluate.add_argument("--out", default="runs/report", help="directory for the report (default runs/report)")
     evaluate.add_argument(
-        "--n", type=int, help="preferences per simplex edge of the grid (default 11 up to 3 objectives, else 2)"
+        "--n", type=positive_int, help="preferences per simplex edge of the grid (default 11 up to 3 objectives, else 2)"
     )
     evaluate.add_argument(
-        "--ref", type=float, nargs="+", help="hypervolume reference point (default: nadir of all fronts + 10%%)"
+        "--ref", type=finite_float, nargs="+", help="hypervolume reference point (default: nadir of all fronts + 10%%)"
     )
     evaluate.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_run_reading_options(evaluate)
     evaluate.set_defaults(run=_cmd_evaluate)
 
     demo = commands.add_parser("demo", help="PWE-MoE vs merging baselines on multi-task digits: report and plots")
     demo.add_argument("--out", default="runs/demo", help="report directory (default runs/demo)")
     demo.add_argument(
         "--steps",
-        type=int,
+        type=count,
         default=1000,
         help="training steps per trained method, per dimension of the preference simplex (T - 1)",
     )
-    demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--workers", type=int, help="processes running the methods (default: one per CPU core)")
+    demo.add_argument("--seed", type=count, default=0)
+    demo.add_argument("--workers", type=positive_int, help="processes running the methods (default: one per CPU core)")
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
     demo.set_defaults(run=_cmd_demo)
 
@@ -216,7 +329,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; returns the exit status (2 for bad arguments or input)."""
+    """Entry point; returns the exit status: 2 for bad arguments or input, 1 for a failure during the work,
+    128 + the signal number when a signal stopped it (130 for Ctrl-C, 143 for SIGTERM)."""
     args = build_parser().parse_args(argv)
     try:
         args.run(args)
@@ -224,12 +338,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
         print(f"mooframe {args.command}: error: {message}", file=sys.stderr)
         return 2
-    except FloatingPointError as error:
+    except (FloatingPointError, OSError, ImportError) as error:
         print(f"mooframe {args.command}: error: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt as error:
         print(f"mooframe {args.command}: {str(error) or 'interrupted'}", file=sys.stderr)
-        return 130
+        return 128 + getattr(error, "signum", signal.SIGINT)
     return 0
 
 

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from mooframe.atomic import DEMO, check_output, marker, staged_directory
 from mooframe.models.pwe_moe import PWEMoE
 from mooframe.pareto_set import FunctionalModel
 from mooframe.problem import MergingProblem
@@ -157,8 +158,9 @@ def run_demo(
     many preferences per direction of it on 3 tasks as on 2 (with 1000 steps on 3 tasks, PWE-MoE (LS) reached only
     0.88 of expert 1's gain at e_1; docs/benchmarks.md). The methods run in `workers` processes of one thread each
     (default: one per CPU core, at most one per method); each is timed and measured in its own process.
+    `out` must be new, empty or a demo report mooframe wrote (checked first); it is replaced atomically at the end.
     """
-    out = Path(out)
+    out = check_output(out, DEMO)  # before an hour of training, not after
     problems = {  # built (or read from the cache) here, once, before the workers read it
         folder: MultiTaskDigits(tasks=DEFAULT_TASKS[:n], seed=seed, progress=progress)
         for folder, n in TASK_COUNTS.items()
@@ -186,20 +188,21 @@ def run_demo(
         "EPO non-uniformity of the losses at interior preferences, on the training split for trained methods (the "
         "losses the solvers see) and on the test split.",
     ]
-    for folder, problem in problems.items():
-        with torch_threads(1):
-            ordered = {label: runs[folder][label] for label in methods} | {"experts": _experts(problem)}
-        fronts = {label: run.front for label, run in ordered.items()}
-        extras = {label: _extras(run) for label, run in ordered.items()}
-        comparison = compare_fronts(fronts, extras=extras)
-        title = f"{problem.n_objectives} tasks: {', '.join(problem.task_names)}"
-        write_report(comparison, fronts, out / folder, title=title)
-        sections += [f"## {title}", comparison.markdown(title).split("\n", 1)[1], f"![fronts]({folder}/fronts.png)"]
-        if progress:
-            print(comparison.text())
-    report = out / "report.md"
-    report.write_text("\n\n".join(sections) + "\n")
-    return report
+    with staged_directory(out, DEMO) as staging:
+        for folder, problem in problems.items():
+            with torch_threads(1):
+                ordered = {label: runs[folder][label] for label in methods} | {"experts": _experts(problem)}
+            fronts = {label: run.front for label, run in ordered.items()}
+            extras = {label: _extras(run) for label, run in ordered.items()}
+            comparison = compare_fronts(fronts, extras=extras)
+            title = f"{problem.n_objectives} tasks: {', '.join(problem.task_names)}"
+            write_report(comparison, fronts, staging / folder, title=title)
+            sections += [f"## {title}", comparison.markdown(title).split("\n", 1)[1], f"![fronts]({folder}/fronts.png)"]
+            if progress:
+                print(comparison.text())
+        (staging / "report.md").write_text("\n\n".join(sections) + "\n")
+        (staging / DEMO.marker).write_text(marker(DEMO, steps=steps, seed=seed, methods=list(methods)) + "\n")
+    return out / "report.md"
 
 
 def _run_job(job: tuple[str, str, int, int, tuple, int]) -> tuple[str, str, MethodRun]:

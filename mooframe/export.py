@@ -6,14 +6,16 @@
 | `open_clip` | `open_clip_model.safetensors`: the tower's state dict under open_clip's checkpoint keys (`visual.*`) |
 | anything else | `model.safetensors`: the module's state dict (or `{"solution": tensor}` for a decision vector) |
 
-Every export is a directory holding those files and `mooframe_card.json`. It is written to a temporary sibling
-and renamed into place at the end, so an interrupted export leaves no partial model behind.
+Every export is a directory holding those files and `mooframe_card.json` (its artifact marker, see
+`mooframe.atomic`). It is written to a temporary sibling and swapped into place at the end, so an interrupted
+export leaves no partial model behind. A model with non-finite parameters is refused.
 """
 
 from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,32 +24,42 @@ from safetensors.torch import save_file
 from torch import nn
 
 from mooframe.adapters import Backbone
-from mooframe.atomic import staged_directory
+from mooframe.atomic import EXPORT, check_output, staged_directory
 from mooframe.pareto_set import FunctionalModel
 
 CARD_FILE = "mooframe_card.json"
-CARD_FORMAT = "mooframe-export/1"
 OPEN_CLIP_FILE = "open_clip_model.safetensors"
 SAFETENSORS_FILE = "model.safetensors"
 
 
-def export_solution(solution: Any, path: str | Path, card: dict[str, Any], force: bool = False) -> Path:
+def export_solution(
+    solution: Any, path: str | Path, card: dict[str, Any], force: bool = False, inputs: Sequence[str | Path] = ()
+) -> Path:
     """Write `solution` to the directory `path` in its family's format, with `card` as mooframe_card.json.
 
-    Refuses to replace an existing `path` unless `force`; a replaced export is swapped out only once the new
-    one is complete.
+    `path` must be new or empty, or (with `force`) an export mooframe wrote; never a folder of anything else, nor
+    inside, equal to or around any of `inputs` (the run it comes from). A replaced export is swapped out only once
+    the new one is complete.
     """
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise ValueError(f"{path} is a file; pass a directory path for the export")
-    if path.exists() and not force:
-        raise ValueError(f"{path} already exists; pass force=True (--force) to replace it, or choose another path")
-    with staged_directory(path) as staging:
+    path = check_output(path, EXPORT, inputs, replace=force)
+    _check_finite(solution)
+    with staged_directory(path, EXPORT, inputs, replace=force) as staging:
         family = write_checkpoint(solution, staging)
-        card = {"format": CARD_FORMAT, "family": family, **card}
+        card = {"format": EXPORT.format, "family": family, **card}
         (staging / CARD_FILE).write_text(json.dumps(card, indent=2))
         _share_like_directory(staging)
     return path
+
+
+def _check_finite(solution: Any) -> None:
+    """ValueError naming the parameters of `solution` that hold NaN or inf."""
+    if isinstance(solution, torch.Tensor):
+        tensors = {"solution": solution}
+    else:
+        tensors = solution.params if isinstance(solution, FunctionalModel) else as_module(solution).state_dict()
+    bad = [name for name, t in tensors.items() if t.is_floating_point() and not torch.isfinite(t).all()]
+    if bad:
+        raise ValueError(f"the model to export has non-finite parameters {bad[:5]}; refusing to export it")
 
 
 def write_checkpoint(solution: Any, directory: Path) -> str:

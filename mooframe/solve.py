@@ -99,9 +99,9 @@ def solve(
     if checkpoint_every < 0:
         raise ValueError(f"checkpoint_every must be >= 0 (0: only on Ctrl-C), got {checkpoint_every}")
     if lr is not None and not 0 < lr < math.inf:
-        raise ValueError(f"lr must be > 0 and finite, got {lr}")
+        raise ValueError(f"lr must be > 0, got {lr}; pass a finite positive learning rate")
     if not 0 < alpha < math.inf:
-        raise ValueError(f"alpha must be > 0 and finite (the Dirichlet concentration), got {alpha}")
+        raise ValueError(f"alpha must be > 0, got {alpha}; pass a finite positive Dirichlet concentration")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
     if warmup_steps is not None and not 0 <= warmup_steps <= steps:

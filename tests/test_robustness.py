@@ -14,7 +14,6 @@ from safetensors.torch import load_file, save_file
 from toys import RouterMerge
 
 from mooframe.checkpoint import STATE_FILE, TENSORS_FILE
-from mooframe.cli import main
 from mooframe.problem import MergingProblem
 from mooframe.result import ParetoSetResult, file_sha256
 from mooframe.solve import solve
@@ -201,26 +200,3 @@ def test_preferences_off_the_simplex(tiny_merging_problem, pref, message):
     with pytest.raises(ValueError, match=message) as error:
         model.materialize(pref)
     _one_line(error)
-
-
-@pytest.mark.parametrize(
-    "arguments, message",
-    [
-        (["--problem", "nope"], "error: unknown problem 'nope'; known problems: "),
-        (["--problem", "zdt1", "--steps", "-5"], "error: steps must be >= 0, got -5"),
-        (["--problem", "zdt1", "--checkpoint-every", "-1"], "error: checkpoint_every must be >= 0"),
-        (["--problem", "zdt1", "--problem-option", "n_var"], "error: option 'n_var' is not of the form key=value"),
-        (["--problem", "zdt1", "--resume", "/nonexistent/ckpt"], "checkpoint directory /nonexistent/ckpt does not"),
-        (["--problem", "zdt1", "--model-option", "hidden=0"], "error: hidden and n_layers must be >= 1"),
-        (["--problem", "zdt1", "--steps", "many"], "argument --steps: invalid int value: 'many'"),
-        (["--problem", "zdt1", "--on-nonfinite", "ignore"], "argument --on-nonfinite: invalid choice: 'ignore'"),
-    ],
-)
-def test_bad_cli_arguments_exit_2_with_one_line(tmp_path, capsys, arguments, message):
-    try:
-        status = main(["solve", "--quiet", "--out", str(tmp_path / "run"), *arguments])
-    except SystemExit as exit_:  # argparse's own usage errors
-        status = exit_.code
-    error_lines = capsys.readouterr().err.strip().splitlines()
-    assert status == 2
-    assert message in error_lines[-1]
