@@ -42,18 +42,20 @@ class Kind:
     name: str
     marker: str
     version: int
+    label: str  # how messages name it, with its article
+
 
     @property
     def format(self) -> str:
         return f"mooframe-{self.name}/{self.version}"
 
 
-RUN = Kind("run", "config.json", 2)
-CHECKPOINT = Kind("checkpoint", "state.json", 2)
-CHECKPOINTS = Kind("checkpoints", "checkpoints.json", 1)  # a directory of checkpoints
-EXPORT = Kind("export", "mooframe_card.json", 1)
-REPORT = Kind("report", "report.json", 1)
-DEMO = Kind("demo", "demo.json", 1)
+RUN = Kind("run", "config.json", 2, "a run")
+CHECKPOINT = Kind("checkpoint", "state.json", 2, "a checkpoint")
+CHECKPOINTS = Kind("checkpoints", "checkpoints.json", 1, "a checkpoint directory")
+EXPORT = Kind("export", "mooframe_card.json", 1, "an export")
+REPORT = Kind("report", "report.json", 1, "a report")
+DEMO = Kind("demo", "demo.json", 1, "a demo report")
 KINDS = (RUN, CHECKPOINT, CHECKPOINTS, EXPORT, REPORT, DEMO)
 _FORMAT = re.compile(r"mooframe-(?P<name>[a-z]+)/(?P<version>\d+)")
 _LEFTOVER = re.compile(r"\.(?P<name>.+)\.(?:[0-9a-f]{8}\.partial|old|lock)")
@@ -103,23 +105,26 @@ def check_output(
     or containing one of `inputs` (the artifacts being read).
     """
     if not str(path).strip():
-        raise ArtifactError(f"the output path for the {kind.name} is empty; pass a folder name such as runs/x")
+        raise ArtifactError(f"the output path for {kind.label} is empty; pass a folder name such as runs/x")
     path = Path(path)
     resolved = path.resolve()
     if resolved == Path.cwd().resolve() or resolved in Path.cwd().resolve().parents:
-        raise ArtifactError(f"{path} is the current folder or one above it; pass a new folder for the {kind.name}")
+        raise ArtifactError(f"{path} is the current folder or one above it; pass a new folder for {kind.label}")
     for source in inputs:
         source = Path(source).resolve()
         if resolved == source or source in resolved.parents or resolved in source.parents:
             raise ArtifactError(
-                f"{path} would overwrite or sit inside {source}, which is being read; write the {kind.name} elsewhere"
+                f"{path} would overwrite or sit inside {source}, which this command reads or writes; write "
+                f"{kind.label} elsewhere"
             )
     if path.is_symlink():
         raise ArtifactError(f"{path} is a symbolic link; pass the folder it points to, or a new path")
     if path.exists():
         if not path.is_dir():
-            raise ArtifactError(f"{path} is a file, not a folder; mooframe writes the {kind.name} only to a new "
-                                "or empty folder or one of its own: choose another path")
+            raise ArtifactError(
+                f"{path} is a file, not a folder; mooframe writes {kind.label} only to a new or empty folder or "
+                "one of its own: choose another path"
+            )
         _check_replaceable(path, kind, replace)
     else:
         _check_creatable(path, kind)
@@ -135,16 +140,17 @@ def _check_replaceable(path: Path, kind: Kind, replace: bool) -> None:
         shown = ", ".join(entries[:5]) + (f", ... ({len(entries)} entries)" if len(entries) > 5 else "")
         raise ArtifactError(
             f"{path} is a folder mooframe did not write (it holds {shown}); mooframe never replaces it: "
-            f"choose a new or empty folder for the {kind.name}"
+            f"choose a new or empty folder for {kind.label}"
         )
     found_kind, version = found
     if found_kind != kind:
         raise ArtifactError(
-            f"{path} holds a mooframe {found_kind.name}, not a {kind.name}; choose another folder for the {kind.name}"
+            f"{path} holds {found_kind.label} of mooframe's, not {kind.label}; choose another folder for "
+            f"{kind.label}"
         )
     if version > kind.version:
         raise ArtifactError(
-            f"{path} holds a {kind.name} of a newer format ({kind.name}/{version}) than this mooframe writes "
+            f"{path} holds {kind.label} of a newer format ({kind.name}/{version}) than this mooframe writes "
             f"({kind.format}); upgrade mooframe or choose another folder"
         )
     if not replace:
@@ -156,12 +162,13 @@ def _check_creatable(path: Path, kind: Kind) -> None:
     while not ancestor.exists():
         ancestor = ancestor.parent
     if not ancestor.is_dir():
-        raise ArtifactError(f"cannot write the {kind.name} {path}: {ancestor} is a file, not a folder")
+        raise ArtifactError(f"cannot write {kind.label} at {path}: {ancestor} is a file, not a folder")
     if not os.access(ancestor, os.W_OK | os.X_OK):
-        raise ArtifactError(f"cannot write the {kind.name} {path}: no permission to write in {ancestor}")
+        raise ArtifactError(f"cannot write {kind.label} at {path}: no permission to write in {ancestor}")
 
 
 _held: dict[Path, int] = {}  # lock files this process holds -> how many times
+os.register_at_fork(after_in_child=_held.clear)  # a forked child holds none of its parent's locks
 
 
 @contextmanager
@@ -269,7 +276,7 @@ def staged_directory(
             yield staging
             found = artifact_kind(staging)
             if found != (kind, kind.version):
-                raise RuntimeError(f"a {kind.name} writer did not write its marker {kind.marker} in {staging}")
+                raise RuntimeError(f"the writer of {kind.label} did not write its marker {kind.marker} in {staging}")
             _fsync_tree(staging)
             _swap_into_place(staging, path)
         except BaseException:

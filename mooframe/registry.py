@@ -144,13 +144,18 @@ def _parameters(cls: type) -> dict[str, inspect.Parameter]:
     skipped = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
     return {
         name: p
-        for name, p in inspect.signature(cls.__init__).parameters.items()
+        for name, p in _signature(cls).parameters.items()
         if name not in ("self", "problem") and p.kind not in skipped
     }
 
 
+def _signature(cls: type) -> inspect.Signature:
+    """The constructor's signature; none for a class that inherits `object.__init__` (it takes no options)."""
+    return inspect.Signature() if cls.__init__ is object.__init__ else inspect.signature(cls.__init__)
+
+
 def _takes_any_keyword(cls: type) -> bool:
-    return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in inspect.signature(cls.__init__).parameters.values())
+    return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in _signature(cls).parameters.values())
 
 
 def _type_hints(cls: type) -> dict[str, Any]:

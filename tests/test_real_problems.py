@@ -92,7 +92,11 @@ def test_hf_clip_problem_builds_trains_and_rebuilds_from_its_spec(tmp_path, imag
     for state in problem.expert_states:  # experts are the pretrained tower plus small noise, not re-initialized
         assert max((state[k] - v).abs().max().item() for k, v in problem.pretrained_state().items()) < 0.5
     result = check_trains_and_evaluates(problem, "ls")
-    loaded = ParetoSetResult.load(result.save(tmp_path / "run"))  # rebuilds the problem from its JSON spec
+    run = result.save(tmp_path / "run")
+    with pytest.raises(ValueError, match=r"config\.json key 'problem.kwargs' sets model=.*name\(s\) paths"):
+        ParetoSetResult.load(run)  # the run's paths are not taken unconfirmed
+    paths = {key: kwargs[key] for key in ("model", "experts", "data", "head_cache")}
+    loaded = ParetoSetResult.load(run, problem_options=paths)  # rebuilds the problem from its spec, paths re-supplied
     for name, value in loaded.model_at([0.3, 0.7]).state_dict().items():
         torch.testing.assert_close(value, result.model_at([0.3, 0.7]).state_dict()[name])
 
