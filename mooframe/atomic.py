@@ -44,7 +44,6 @@ class Kind:
     version: int
     label: str  # how messages name it, with its article
 
-
     @property
     def format(self) -> str:
         return f"mooframe-{self.name}/{self.version}"
@@ -94,9 +93,7 @@ def marker(kind: Kind, **fields: object) -> str:
     return json.dumps({"format": kind.format, **fields}, indent=2)
 
 
-def check_output(
-    path: str | Path, kind: Kind, inputs: Iterable[str | Path] = (), replace: bool = True
-) -> Path:
+def check_output(path: str | Path, kind: Kind, inputs: Iterable[str | Path] = (), replace: bool = True) -> Path:
     """`path` as a Path if mooframe may write a `kind` artifact there; else an ArtifactError saying why.
 
     Allowed: a path that does not exist in a writable folder, an empty folder, or a `kind` artifact of this or
@@ -145,8 +142,7 @@ def _check_replaceable(path: Path, kind: Kind, replace: bool) -> None:
     found_kind, version = found
     if found_kind != kind:
         raise ArtifactError(
-            f"{path} holds {found_kind.label} of mooframe's, not {kind.label}; choose another folder for "
-            f"{kind.label}"
+            f"{path} holds {found_kind.label} of mooframe's, not {kind.label}; choose another folder for {kind.label}"
         )
     if version > kind.version:
         raise ArtifactError(
@@ -323,7 +319,7 @@ def exchange(first: Path, second: Path) -> bool:
 
 def _fsync_tree(directory: Path) -> None:
     """Flush every file under `directory`, then the folders, to disk: a renamed artifact survives a power cut."""
-    for root, folders, files in os.walk(directory):
+    for root, _, files in os.walk(directory):
         for name in files:
             descriptor = os.open(Path(root) / name, os.O_RDONLY)
             try:

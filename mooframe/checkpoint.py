@@ -31,7 +31,8 @@ from mooframe.atomic import (
     CHECKPOINT,
     CHECKPOINTS,
     artifact_kind,
-    claimed_directory,     clean_leftovers,
+    claimed_directory,
+    clean_leftovers,
     locked,
     staged_directory,
 )

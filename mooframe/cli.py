@@ -73,8 +73,9 @@ def device(text: str) -> str:
     if usable and parsed.type == "cuda" and parsed.index is not None:
         usable = parsed.index < torch.cuda.device_count()
     if not usable:
-        raise argparse.ArgumentTypeError(f"device {text!r} is not available here; available: "
-                                         f"{', '.join(available_devices())}")
+        raise argparse.ArgumentTypeError(
+            f"device {text!r} is not available here; available: {', '.join(available_devices())}"
+        )
     return text
 
 
@@ -290,7 +291,9 @@ def build_parser() -> argparse.ArgumentParser:
     target = export.add_mutually_exclusive_group(required=True)
     target.add_argument("--pref", help="preference, comma-separated, e.g. 0.3,0.7")
     target.add_argument("--select", metavar="RULE", help="choose the preference by a rule (see `mooframe select`)")
-    export.add_argument("--out", required=True, help="directory to write (new or empty; an export of mooframe's with --force)")
+    export.add_argument(
+        "--out", required=True, help="directory to write (new or empty; an export of mooframe's with --force)"
+    )
     export.add_argument(
         "--force", action="store_true", help="replace an export mooframe wrote at --out (never anything else)"
     )
@@ -301,7 +304,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("runs", nargs="+", metavar="RUN", help="run directories written by `mooframe solve`")
     evaluate.add_argument("--out", default="runs/report", help="directory for the report (default runs/report)")
     evaluate.add_argument(
-        "--n", type=positive_int, help="preferences per simplex edge of the grid (default 11 up to 3 objectives, else 2)"
+        "--n",
+        type=positive_int,
+        help="preferences per simplex edge of the grid (default 11 up to 3 objectives, else 2)",
     )
     evaluate.add_argument(
         "--ref", type=finite_float, nargs="+", help="hypervolume reference point (default: nadir of all fronts + 10%%)"

@@ -166,8 +166,9 @@ class ParetoSetResult:
                     f"the run in {directory} used a {piece} that is not registered by name; it cannot be rebuilt"
                 )
         where = f"{config_path} key"
-        model_options = run_options("model", config["model"]["name"], config["model"]["kwargs"], {}, trust_paths,
-                                    f"{where} 'model.kwargs'")
+        model_options = run_options(
+            "model", config["model"]["name"], config["model"]["kwargs"], {}, trust_paths, f"{where} 'model.kwargs'"
+        )
         solver_options = config["solver"]["kwargs"]
         check_options("solver", config["solver"]["name"], solver_options, f"{where} 'solver.kwargs'")
         if problem is None:
@@ -177,14 +178,16 @@ class ParetoSetResult:
                     "pass it as ParetoSetResult.load(directory, problem=...)"
                 )
             spec = config["problem"]
-            options = run_options("problem", spec["name"], spec["kwargs"], problem_options or {}, trust_paths,
-                                  f"{where} 'problem.kwargs'")
+            options = run_options(
+                "problem", spec["name"], spec["kwargs"], problem_options or {}, trust_paths, f"{where} 'problem.kwargs'"
+            )
             problem = build_problem(spec["name"], **options)
         elif problem_options:
             raise ValueError("problem_options re-supply options of the run's own problem; they cannot go with problem=")
         if list(problem.objective_names) != names:
-            raise ValueError(f"{config_path}: the run's objectives {names} are not the problem's "
-                             f"{list(problem.objective_names)}")
+            raise ValueError(
+                f"{config_path}: the run's objectives {names} are not the problem's {list(problem.objective_names)}"
+            )
         problem = problem.to(device)
         model = build_model(config["model"]["name"], problem, **model_options).to(device)
         try:
@@ -266,11 +269,15 @@ def _check_config(config: dict[str, Any], path: Path) -> int:
     check_fields(config, {"format": (str,)}, path)
     found = re.fullmatch(r"mooframe-run/(\d+)", config["format"])
     if found is None or not 1 <= int(found[1]) <= RUN.version:
-        raise ValueError(f"{path} is not a mooframe run this version reads (format {config['format']!r}, "
-                         f"expected {RUN.format})")
+        raise ValueError(
+            f"{path} is not a mooframe run this version reads (format {config['format']!r}, expected {RUN.format})"
+        )
     version = int(found[1])
     schema: dict[str, tuple[type | None, ...]] = {
-        "problem": (dict, None), "model": (dict, None), "solver": (dict, None), "objective_names": (list,),
+        "problem": (dict, None),
+        "model": (dict, None),
+        "solver": (dict, None),
+        "objective_names": (list,),
         "settings": (dict,),
     }
     if version > 1:
@@ -341,8 +348,12 @@ def read_safetensors(path: Path, sha256: str | None = None) -> dict[str, torch.T
 
 
 def file_sha256(path: Path) -> str:
+    """The SHA-256 of the file's bytes, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
     with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
+        while block := handle.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 #: JSON types a schema names, and how an error message says them.
@@ -350,7 +361,9 @@ _JSON_TYPES = {dict: "an object", list: "a list", str: "a string", int: "an inte
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
-def check_fields(data: dict[str, Any], schema: dict[str, tuple[type | None, ...]], path: Path, prefix: str = "") -> None:
+def check_fields(
+    data: dict[str, Any], schema: dict[str, tuple[type | None, ...]], path: Path, prefix: str = ""
+) -> None:
     """Each key of `schema` is in `data` with a value of one of its types (None: JSON null); ValueError naming the
     file and the key otherwise. An int is a number but a bool is neither."""
     for key, types in schema.items():

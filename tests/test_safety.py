@@ -25,9 +25,9 @@ from mooframe.checkpoint import STATE_FILE, TENSORS_FILE, checkpoint_folders, la
 from mooframe.cli import main
 from mooframe.demo import run_demo
 from mooframe.export import CARD_FILE, SAFETENSORS_FILE
+from mooframe.problems.synthetic import ZDT1
 from mooframe.report import compare_fronts, evaluation_preferences, write_report
 from mooframe.result import ParetoSetResult, file_sha256
-from mooframe.problems.synthetic import ZDT1
 from mooframe.solve import solve
 from mooframe.solvers.ls import LinearScalarization
 
@@ -74,8 +74,9 @@ def _writers(results, tmp_path):
     front = first.front(n=3)
     return {
         "run": lambda path: first.save(path),
-        "checkpoints": lambda path: solve("zdt1", steps=2, progress=False, model_kwargs=HIDDEN, checkpoint_dir=path,
-                                          checkpoint_every=1),
+        "checkpoints": lambda path: solve(
+            "zdt1", steps=2, progress=False, model_kwargs=HIDDEN, checkpoint_dir=path, checkpoint_every=1
+        ),
         "report": lambda path: write_report(compare_fronts({"a": front}), {"a": front}, path),
         "export": lambda path: first.export(path, [0.5, 0.5], force=True, evaluate=False),
         "demo": lambda path: run_demo(path, steps=1, progress=False, methods={}),
@@ -92,8 +93,11 @@ def test_every_writer_refuses_a_foreign_folder_a_file_and_another_kind_and_leave
     write = _writers(results, tmp_path)[writer]
     folder = tmp_path / "thesis"
     contents = _foreign_folder(folder)
-    with pytest.raises(ArtifactError, match=rf"{folder} is a folder mooframe did not write \(it holds chapters/, "
-                                            r"config.json\); mooframe never replaces it") as error:
+    with pytest.raises(
+        ArtifactError,
+        match=rf"{folder} is a folder mooframe did not write \(it holds chapters/, "
+        r"config.json\); mooframe never replaces it",
+    ) as error:
         write(folder)
     assert "\n" not in str(error.value)
     assert _snapshot(folder) == contents
@@ -379,8 +383,11 @@ def _rehash(run: Path) -> None:
         (lambda c: c.update(format="mooframe-run/9"), r"not a mooframe run this version reads"),
         (lambda c: c["problem"].update(name=7), r"key 'problem.name' must be a string, got 7"),
         (lambda c: c["model"].update(kwargs="hidden=8"), r"key 'model.kwargs' must be an object"),
-        (lambda c: c["model"]["kwargs"].update(hidden="8"), r"key 'model.kwargs': model option hidden='8' for "
-                                                            r"hypernet must be int; it accepts hidden: int = 256"),
+        (
+            lambda c: c["model"]["kwargs"].update(hidden="8"),
+            r"key 'model.kwargs': model option hidden='8' for "
+            r"hypernet must be int; it accepts hidden: int = 256",
+        ),
         (lambda c: c["solver"]["kwargs"].update(rm="-rf"), r"key 'solver.kwargs': unknown solver option\(s\) \['rm'\]"),
         (lambda c: c["problem"]["kwargs"].update(n_var=True), r"problem option n_var=True for zdt1 must be int"),
         (lambda c: c["files"].update({"model.safetensors": "0" * 63}), r"key 'files.model.safetensors' must be"),
@@ -421,7 +428,11 @@ def test_truncated_or_edited_tensor_files_fail_their_hash_naming_the_file(run, n
         ("model.safetensors", lambda t: t.update({"net.0.weight": torch.zeros(3)}), r"has shape \(3,\), model"),
         ("model.safetensors", lambda t: t.update({"extra": torch.zeros(1)}), r"unexpected \['extra'\]"),
         ("history.safetensors", lambda t: t.update(loss=t["loss"].float()), r"'loss' has dtype torch.float32"),
-        ("history.safetensors", lambda t: t.update(loss=t["loss"][:, :1].contiguous()), r"expected float64 of shape \(steps, 2\)"),
+        (
+            "history.safetensors",
+            lambda t: t.update(loss=t["loss"][:, :1].contiguous()),
+            r"expected float64 of shape \(steps, 2\)",
+        ),
         ("history.safetensors", lambda t: t.update(loss=t["loss"][:1]), r"the same steps for loss, pref, weight"),
         ("history.safetensors", lambda t: t.update(code=torch.zeros(1)), r"unexpected tensors \['code'\]"),
     ],
@@ -471,12 +482,18 @@ def test_a_truncated_checkpoint_fails_its_hash(checkpoint):
 def test_path_options_in_a_run_file_are_not_used_unconfirmed_and_nothing_is_built(run, tmp_path):
     elsewhere = tmp_path / "written-by-the-run-file"
     _edit_config(run, lambda c: c.update(problem={"name": "digits", "kwargs": {"cache_dir": str(elsewhere)}}))
-    with pytest.raises(ValueError, match=rf"config.json key 'problem.kwargs' sets cache_dir='{elsewhere}', which "
-                                         r"name\(s\) paths .* re-supply them .* or confirm .*--trust-run-paths"):
+    with pytest.raises(
+        ValueError,
+        match=rf"config.json key 'problem.kwargs' sets cache_dir='{elsewhere}', which "
+        r"name\(s\) paths .* re-supply them .* or confirm .*--trust-run-paths",
+    ):
         ParetoSetResult.load(run)
     assert not elsewhere.exists()
-    with pytest.raises(ValueError, match=r"options \['tasks'\] cannot be re-supplied .* only its path options can "
-                                         r"\(cache_dir\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"options \['tasks'\] cannot be re-supplied .* only its path options can "
+        r"\(cache_dir\)",
+    ):
         ParetoSetResult.load(run, problem_options={"tasks": ["upright"]})
     assert not elsewhere.exists()
 
@@ -560,7 +577,10 @@ def test_checkpoint_names_sort_by_step_at_any_step_count(checkpoint):
     for name in ("step-99999999", "step-100000000", "step-00000010"):
         shutil.copytree(checkpoint, directory / name)
     assert [p.name for p in checkpoint_folders(directory)] == [
-        "step-00000003", "step-00000010", "step-99999999", "step-100000000",
+        "step-00000003",
+        "step-00000010",
+        "step-99999999",
+        "step-100000000",
     ]
     assert latest_checkpoint(directory).name == "step-100000000"
 
@@ -577,8 +597,17 @@ class _HugeZDT1(ZDT1):
 
 def test_skip_never_saves_non_finite_parameters(tmp_path):
     with pytest.raises(FloatingPointError, match=r"step 0: the update made parameter\(s\) .* non-finite although"):
-        solve(_HugeZDT1(), "hypernet", "ls", steps=3, lr=1e10, optimizer="sgd", progress=False, model_kwargs=HIDDEN,
-              on_nonfinite="skip")
+        solve(
+            _HugeZDT1(),
+            "hypernet",
+            "ls",
+            steps=3,
+            lr=1e10,
+            optimizer="sgd",
+            progress=False,
+            model_kwargs=HIDDEN,
+            on_nonfinite="skip",
+        )
     result = _result()
     with torch.no_grad():
         next(iter(result.model.trainable_parameters())).fill_(float("nan"))
@@ -594,8 +623,11 @@ def test_the_default_number_of_preferences_grows_with_t_and_a_large_grid_needs_a
     for n_objectives in (2, 3, 8, 20):
         count = len(evaluation_preferences(n_objectives))
         assert count == {2: 11, 3: 66 + 1}.get(n_objectives, n_objectives + 1)  # + the equal one where missing
-    with pytest.raises(ValueError, match=r"11 points per edge on 8 objectives evaluate up to 19449 preferences, "
-                                         r"more than the budget of 1000; pass max_preferences=19449"):
+    with pytest.raises(
+        ValueError,
+        match=r"11 points per edge on 8 objectives evaluate up to 19449 preferences, "
+        r"more than the budget of 1000; pass max_preferences=19449",
+    ):
         evaluation_preferences(8, 11)
     assert len(evaluation_preferences(4, 12, max_preferences=400)) == math.comb(14, 3) + 1  # + the equal preference
 
@@ -624,17 +656,28 @@ def _bad_invocations(run: Path, tmp: Path) -> list[tuple[list[str], str]]:
         ([*solve_, "--steps", "-5", *out], "argument --steps: must be an integer >= 0, got -5"),
         ([*solve_, "--steps", "many", *out], "argument --steps: 'many' is not an integer >= 0"),
         ([*solve_, "--checkpoint-every", "-1", *out], "argument --checkpoint-every: must be an integer >= 0"),
-        ([*solve_, "--device", "cuda:7", *out], "argument --device: device 'cuda:7' is not available here; available: cpu"),
+        (
+            [*solve_, "--device", "cuda:7", *out],
+            "argument --device: device 'cuda:7' is not available here; available: cpu",
+        ),
         ([*solve_, "--device", "gpu", *out], "argument --device: 'gpu' is not a device name; available: cpu"),
         ([*solve_, "--on-nonfinite", "ignore", *out], "argument --on-nonfinite: invalid choice: 'ignore'"),
         (["solve", "--problem", "nope", *out], "unknown problem 'nope'; known problems: "),
         ([*solve_, "--problem-option", "n_var", *out], "option 'n_var' is not of the form key=value"),
-        ([*solve_, "--problem-option", "dim=3", *out], "unknown problem option(s) ['dim'] for zdt1; it accepts n_var: int"),
+        (
+            [*solve_, "--problem-option", "dim=3", *out],
+            "unknown problem option(s) ['dim'] for zdt1; it accepts n_var: int",
+        ),
         ([*solve_, "--problem-option", "n_var=abc", *out], "problem option n_var='abc' for zdt1 must be int"),
         ([*solve_, "--model-option", "hidden=0", *out], "hidden and n_layers must be >= 1"),
-        ([*solve_, "--model-option", "width=3", *out], "unknown model option(s) ['width'] for hypernet; it accepts hidden: int = 256"),
-        (["solve", "--problem", "zdt1", "--solver", "epo", "--solver-option", "eps=small", *out],
-         "solver option eps='small' for epo must be float"),
+        (
+            [*solve_, "--model-option", "width=3", *out],
+            "unknown model option(s) ['width'] for hypernet; it accepts hidden: int = 256",
+        ),
+        (
+            ["solve", "--problem", "zdt1", "--solver", "epo", "--solver-option", "eps=small", *out],
+            "solver option eps='small' for epo must be float",
+        ),
         ([*solve_, "--resume", "/nonexistent/ckpt", *out], "checkpoint directory /nonexistent/ckpt does not exist"),
         ([*solve_, "--out", ""], "the output path for a run is empty"),
         ([*solve_, "--out", "."], "is the current folder or one above it"),
@@ -642,25 +685,38 @@ def _bad_invocations(run: Path, tmp: Path) -> list[tuple[list[str], str]]:
         ([*solve_, "--out", str(tmp / "foreign")], f"{tmp / 'foreign'} is a folder mooframe did not write"),
         ([*solve_, *out, "--checkpoint-dir", str(tmp / "foreign")], f"{tmp / 'foreign'} is a folder mooframe did not"),
         ([*solve_, *out, "--checkpoint-dir", str(tmp / "new" / "ckpt")], "would overwrite or sit inside"),
-        (["evaluate", str(tmp / "missing"), "--out", str(tmp / "r")], f"run directory {tmp / 'missing'} does not exist"),
+        (
+            ["evaluate", str(tmp / "missing"), "--out", str(tmp / "r")],
+            f"run directory {tmp / 'missing'} does not exist",
+        ),
         (["evaluate", str(corrupt), "--out", str(tmp / "r")], f"corrupt JSON in {corrupt / 'config.json'}"),
         (["evaluate", str(run), "--out", str(run / "report")], f"would overwrite or sit inside {run}"),
         (["evaluate", str(run), "--out", str(tmp / "foreign")], "is a folder mooframe did not write"),
         (["evaluate", str(run), "--n", "0", "--out", str(tmp / "r")], "argument --n: must be an integer >= 1, got 0"),
         (["evaluate", str(run), "--n", "1", "--out", str(tmp / "r")], "the grid needs n >= 2 points per simplex edge"),
-        (["evaluate", str(run), "--n", "5000", "--out", str(tmp / "r")],
-         "5000 points per edge on 2 objectives evaluate up to 5001 preferences, more than the budget of 1000"),
+        (
+            ["evaluate", str(run), "--n", "5000", "--out", str(tmp / "r")],
+            "5000 points per edge on 2 objectives evaluate up to 5001 preferences, more than the budget of 1000",
+        ),
         (["evaluate", str(run), "--max-preferences", "0", "--out", str(tmp / "r")], "argument --max-preferences"),
-        (["evaluate", str(run), "--problem-option", "n_var=3", "--out", str(tmp / "r")],
-         "options ['n_var'] cannot be re-supplied for the run's problem zdt1"),
-        (["evaluate", str(run), "--ref", "1", "inf", "--out", str(tmp / "r")], "argument --ref: must be a finite number"),
+        (
+            ["evaluate", str(run), "--problem-option", "n_var=3", "--out", str(tmp / "r")],
+            "options ['n_var'] cannot be re-supplied for the run's problem zdt1",
+        ),
+        (
+            ["evaluate", str(run), "--ref", "1", "inf", "--out", str(tmp / "r")],
+            "argument --ref: must be a finite number",
+        ),
         (["select", str(run), "best"], "rule 'best' must start with one of"),
         (["select", str(run), "knee", "--refine", "0"], "argument --refine: must be an integer >= 1, got 0"),
         (["select", str(run), "knee", "--device", "nope"], "argument --device: 'nope' is not a device name"),
         (["select", str(run), "min nope"], "unknown task 'nope' in 'nope'; tasks: f1, f2"),
         (["select", str(tmp / "file.txt"), "knee"], f"run directory {tmp / 'file.txt'} does not exist"),
         (["export", str(run), "--pref", "0.5,0.5", "--out", str(tmp / "foreign"), "--force"], "mooframe did not write"),
-        (["export", str(run), "--pref", "0.5,0.5", "--out", str(run), "--force"], f"would overwrite or sit inside {run}"),
+        (
+            ["export", str(run), "--pref", "0.5,0.5", "--out", str(run), "--force"],
+            f"would overwrite or sit inside {run}",
+        ),
         (["export", str(run), "--pref", "0.5,0.6", "--out", str(tmp / "e")], "sums to 1.1, not 1"),
         (["export", str(run), "--pref", "a,b", "--out", str(tmp / "e")], "'a,b' is not a comma-separated list"),
         (["export", str(run), "--out", str(tmp / "e")], "one of the arguments --pref --select is required"),
