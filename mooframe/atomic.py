@@ -231,11 +231,14 @@ def recover(path: str | Path) -> None:
 
 
 def recover_for_reading(path: str | Path) -> None:
-    """`recover` before reading `path`, unless a writer holds its lock (then it is mid-write; leave it be)."""
+    """`recover` before reading `path`, unless a writer holds its lock (then it is mid-write; leave it be) or its
+    folder cannot be written (a read-only copy: read it as it is). Creates no folder."""
+    if not Path(path).absolute().parent.is_dir():
+        return
     try:
         with locked(path):
             recover(path)
-    except (ArtifactError, PermissionError):
+    except (ArtifactError, OSError):
         pass
 
 

@@ -111,7 +111,7 @@ class TrainingState:
         _check_same_run(state, self.settings, folder)
         try:
             self._load(state, tensors)
-        except (KeyError, TypeError, IndexError) as error:
+        except (KeyError, TypeError, IndexError, RuntimeError) as error:  # RuntimeError: torch refusing a tensor
             raise ValueError(
                 f"checkpoint {folder} is incomplete or malformed ({type(error).__name__}: {error})"
             ) from None
@@ -153,6 +153,8 @@ class TrainingState:
     def _load(self, state: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
         model_state = {k.removeprefix("model/"): v for k, v in tensors.items() if k.startswith("model/")}
         for name, tensor in model_state.items():
+            if not tensor.is_floating_point():
+                raise ValueError(f"trainable parameter {name!r} has dtype {tensor.dtype}; parameters are floating")
             if not torch.isfinite(tensor).all():
                 raise ValueError(f"non-finite values in trainable parameter {name!r}")
         self.model.load_trainable_state(model_state)

@@ -14,7 +14,10 @@ import sys
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mooframe.result import ParetoSetResult
 
 #: errors that mean the input was wrong (exit status 2); ArtifactError is a ValueError.
 USAGE_ERRORS = (ValueError, FileNotFoundError, KeyError, PermissionError, NotADirectoryError, IsADirectoryError)
@@ -94,44 +97,57 @@ def _run_reading_options(args: argparse.Namespace) -> dict[str, Any]:
 
 def _cmd_solve(args: argparse.Namespace) -> None:
     from mooframe import distributed
-    from mooframe.atomic import CHECKPOINTS, RUN, check_output, locked
-    from mooframe.checkpoint import checkpoint_directory
-    from mooframe.solve import solve
+    from mooframe.atomic import locked
 
-    # every output path is checked before anything is built or trained
-    if args.checkpoint_dir is not None:
-        checkpoint_dir = args.checkpoint_dir
-    else:  # a resumed run checkpoints beside the checkpoint it resumed from
-        checkpoint_dir = checkpoint_directory(args.resume) if args.resume else f"{args.out}-checkpoints"
-    out = check_output(args.out, RUN, inputs=[checkpoint_dir, *([args.resume] if args.resume else [])])
-    check_output(checkpoint_dir, CHECKPOINTS, inputs=[out])
+    out, checkpoint_dir = _solve_outputs(args)  # checked before anything is built or trained
     joined = distributed.init_from_environment(args.device)
-    with locked(out) if distributed.is_writer() else nullcontext():
-        result = solve(
-            args.problem,
-            model=args.model,
-            solver=args.solver,
-            steps=args.steps,
-            lr=args.lr,
-            optimizer=args.optimizer,
-            lr_schedule=args.lr_schedule,
-            warmup_steps=args.warmup_steps,
-            alpha=args.alpha,
-            seed=args.seed,
-            device=args.device,
-            progress=not args.quiet,
-            problem_kwargs=parse_options(args.problem_option),
-            model_kwargs=parse_options(args.model_option),
-            solver_kwargs=parse_options(args.solver_option),
-            checkpoint_dir=checkpoint_dir,
-            checkpoint_every=args.checkpoint_every,
-            resume=args.resume,
-            on_nonfinite=args.on_nonfinite,
-        )
+    with locked(out) if distributed.is_writer() else nullcontext():  # a second solve to OUT is refused at its start
+        result = _solve(args, checkpoint_dir)
         if distributed.is_writer():
             print(f"saved run to {result.save(out)}")
     if joined:
         distributed.shutdown()
+
+
+def _solve_outputs(args: argparse.Namespace) -> tuple[Path, str | Path]:
+    """The run folder and the checkpoint directory of `solve`, checked: where a resumed run checkpoints is the
+    directory holding the checkpoint it resumed from."""
+    from mooframe.atomic import CHECKPOINTS, RUN, check_output
+    from mooframe.checkpoint import checkpoint_directory
+
+    if args.checkpoint_dir is not None:
+        checkpoint_dir = args.checkpoint_dir
+    else:
+        checkpoint_dir = checkpoint_directory(args.resume) if args.resume else f"{args.out}-checkpoints"
+    out = check_output(args.out, RUN, inputs=[checkpoint_dir, *([args.resume] if args.resume else [])])
+    check_output(checkpoint_dir, CHECKPOINTS, inputs=[out])
+    return out, checkpoint_dir
+
+
+def _solve(args: argparse.Namespace, checkpoint_dir: str | Path) -> ParetoSetResult:
+    from mooframe.solve import solve
+
+    return solve(
+        args.problem,
+        model=args.model,
+        solver=args.solver,
+        steps=args.steps,
+        lr=args.lr,
+        optimizer=args.optimizer,
+        lr_schedule=args.lr_schedule,
+        warmup_steps=args.warmup_steps,
+        alpha=args.alpha,
+        seed=args.seed,
+        device=args.device,
+        progress=not args.quiet,
+        problem_kwargs=parse_options(args.problem_option),
+        model_kwargs=parse_options(args.model_option),
+        solver_kwargs=parse_options(args.solver_option),
+        checkpoint_dir=checkpoint_dir,
+        checkpoint_every=args.checkpoint_every,
+        resume=args.resume,
+        on_nonfinite=args.on_nonfinite,
+    )
 
 
 def _cmd_select(args: argparse.Namespace) -> None:

@@ -17,7 +17,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from mooframe.atomic import RUN, recover_for_reading, staged_directory
+from mooframe.atomic import EXPORT, RUN, check_output, recover_for_reading, staged_directory
 from mooframe.pareto_set import ParetoSetModel
 from mooframe.preferences import PreferenceLike, check_preference, uniform_grid
 from mooframe.problem import Problem
@@ -245,6 +245,8 @@ class ParetoSetResult:
         from mooframe.export import export_solution
         from mooframe.selection import Selection
 
+        inputs = [self.source] if self.source else []
+        check_output(path, EXPORT, inputs, replace=force)  # before the model is built and evaluated
         measured = (pref.objectives, pref.metrics) if isinstance(pref, Selection) else None
         pref = pref.pref if isinstance(pref, Selection) else pref
         check_preference(pref, self.n_objectives)
@@ -261,7 +263,7 @@ class ParetoSetResult:
             "solver": self.solver.spec() or {"name": type(self.solver).__name__},
             "source_run": None if self.source is None else str(self.source.resolve()),
         }
-        return export_solution(solution, path, card, force=force, inputs=[self.source] if self.source else [])
+        return export_solution(solution, path, card, force=force, inputs=inputs)
 
 
 def _check_config(config: dict[str, Any], path: Path) -> int:

@@ -472,6 +472,25 @@ def test_a_tampered_checkpoint_state_is_refused_naming_the_file_and_the_key(chec
     assert str(checkpoint / STATE_FILE) in str(error.value)
 
 
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda t: t.update({"rng/torch": torch.zeros(3)}), r"malformed \(TypeError: RNG state must be a torch.ByteTensor"),
+        (lambda t: t.update({"model/net.0.weight": t["model/net.0.weight"].int()}), r"has dtype torch.int32"),
+    ],
+)
+def test_consistently_tampered_checkpoint_tensors_are_refused(checkpoint, edit, message):
+    tensors = load_file(str(checkpoint / TENSORS_FILE))
+    edit(tensors)
+    save_file(tensors, str(checkpoint / TENSORS_FILE))
+    state = json.loads((checkpoint / STATE_FILE).read_text())
+    state["files"][TENSORS_FILE] = file_sha256(checkpoint / TENSORS_FILE)
+    (checkpoint / STATE_FILE).write_text(json.dumps(state))
+    with pytest.raises(ValueError, match=message) as error:
+        solve("zdt1", steps=3, progress=False, model_kwargs=HIDDEN, resume=checkpoint)
+    assert str(checkpoint) in str(error.value) and "\n" not in str(error.value)
+
+
 def test_a_truncated_checkpoint_fails_its_hash(checkpoint):
     data = (checkpoint / TENSORS_FILE).read_bytes()
     (checkpoint / TENSORS_FILE).write_bytes(data[:100])
