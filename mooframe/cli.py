@@ -49,7 +49,6 @@ def _number(kind: type, what: str, check: Callable[[Any], bool]) -> Callable[[st
             raise argparse.ArgumentTypeError(f"must be {what}, got {text}")
         return value
 
-    convert.__name__ = what  # argparse names the type in its own messages
     return convert
 
 

@@ -475,7 +475,10 @@ def test_a_tampered_checkpoint_state_is_refused_naming_the_file_and_the_key(chec
 @pytest.mark.parametrize(
     "edit, message",
     [
-        (lambda t: t.update({"rng/torch": torch.zeros(3)}), r"malformed \(TypeError: RNG state must be a torch.ByteTensor"),
+        (
+            lambda t: t.update({"rng/torch": torch.zeros(3)}),
+            r"malformed \(TypeError: RNG state must be a torch.ByteTensor",
+        ),
         (lambda t: t.update({"model/net.0.weight": t["model/net.0.weight"].int()}), r"has dtype torch.int32"),
     ],
 )
