@@ -1,0 +1,217 @@
+"""The input pipeline: seeded batch order, DataLoader workers that decode ahead of the step, sharding, resume.
+
+Which examples form each batch is decided in the main process by a seeded sampler (`StepSampler`), before any
+example is loaded; workers only load them. So the batches' contents and order depend on the seed alone, not on
+the number of workers, and resuming at step n skips n steps of the sampler without loading a single example.
+Datasets held in memory as tensors (`TensorDataset`, a `Subset` of one, or any dataset with a `batch(indices)`
+method) are indexed in bulk in the main process: no worker, no per-example copy.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import os
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset, default_collate
+
+from mooframe import distributed
+
+#: the most loader processes chosen by default (one core is left to the training step).
+MAX_DEFAULT_WORKERS = 8
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def is_in_memory(data: Dataset) -> bool:
+    """True for datasets indexed in bulk in the main process: tensors in memory, no decoding to overlap."""
+    if isinstance(data, Subset):
+        return is_in_memory(data.dataset)
+    return isinstance(data, TensorDataset) or callable(getattr(data, "batch", None))
+
+
+def default_workers(datasets: Sequence[Dataset], batches: int | None = None) -> int:
+    """Loader processes by default: 0 for in-memory data; else $MOOFRAME_WORKERS, or min(8, cores - 1), and never
+    more than the `batches` to load."""
+    if all(is_in_memory(data) for data in datasets):
+        return 0
+    setting = os.environ.get("MOOFRAME_WORKERS")
+    if setting is not None:
+        if not setting.isdigit():
+            raise ValueError(f"MOOFRAME_WORKERS={setting!r} is not a number of worker processes; pass e.g. 4 or 0")
+        workers = int(setting)
+    else:
+        workers = min(MAX_DEFAULT_WORKERS, available_cores() - 1)
+    return max(0, workers if batches is None else min(workers, batches))
+
+
+def check_workers(workers: int | None) -> None:
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 0):
+        raise ValueError(f"workers must be a number of processes >= 0 (0: load in the main process), got {workers!r}")
+
+
+def take(data: Dataset, indices: torch.Tensor) -> Any:
+    """The examples `indices` of an in-memory dataset as one batch, by bulk indexing (`is_in_memory(data)`)."""
+    if isinstance(data, Subset):
+        return take(data.dataset, torch.as_tensor(data.indices)[indices])
+    if isinstance(data, TensorDataset):
+        return tuple(tensor[indices] for tensor in data.tensors)
+    return data.batch(indices)
+
+
+def collate(data: Dataset, indices: torch.Tensor) -> Any:
+    """The examples `indices` of `data` as one batch: bulk indexing in memory, else loaded one by one and stacked."""
+    if is_in_memory(data):
+        return take(data, indices)
+    return default_collate([data[i] for i in indices.tolist()])
+
+
+class StepSampler:
+    """Per step, each task's batch indices: a fresh permutation per epoch (seeded from `rng`, one generator per
+    task), cut into batches of `batch_size`; a task smaller than a batch yields all its examples each step.
+    Under torch.distributed each rank keeps its contiguous share (`distributed.shard`).
+    """
+
+    def __init__(self, sizes: Sequence[int], batch_size: int, rng: np.random.Generator) -> None:
+        if batch_size < 1 or any(size < 1 for size in sizes):
+            raise ValueError(f"a sampler needs batch_size >= 1 and non-empty datasets, got {batch_size}, {sizes}")
+        self.sizes, self.batch_size = list(sizes), batch_size
+        self._streams = [self._indices(size, int(rng.integers(2**63 - 1))) for size in self.sizes]
+
+    def _indices(self, size: int, seed: int) -> Iterator[torch.Tensor]:
+        generator = torch.Generator().manual_seed(seed)
+        while True:
+            order = torch.randperm(size, generator=generator)
+            for start in range(0, size - self.batch_size + 1, self.batch_size):
+                yield distributed.shard(order[start : start + self.batch_size])
+            if size < self.batch_size:
+                yield distributed.shard(order)
+
+    def __iter__(self) -> StepSampler:
+        return self
+
+    def __next__(self) -> list[torch.Tensor]:
+        return [next(stream) for stream in self._streams]
+
+    def skip(self, steps: int) -> None:
+        """Advance by `steps` steps without loading anything (exact resume)."""
+        for _ in range(steps):
+            next(self)
+
+
+class TrainingBatches:
+    """An endless stream of steps, each a list of one collated batch per task, in `StepSampler`'s order.
+
+    In-memory datasets are indexed in the main process. Otherwise one DataLoader loads every task's batches in
+    `workers` processes, `prefetch` steps ahead (at least two task batches per worker), into pinned memory when
+    `pin_memory`; the loader is created on the first step, so `skip` before it loads nothing.
+    """
+
+    def __init__(
+        self,
+        datasets: Sequence[Dataset],
+        batch_size: int,
+        rng: np.random.Generator,
+        workers: int | None = None,
+        pin_memory: bool = False,
+        prefetch: int = 2,
+    ) -> None:
+        check_workers(workers)
+        self.datasets = list(datasets)
+        self.sampler = StepSampler([len(data) for data in self.datasets], batch_size, rng)
+        self.in_memory = all(is_in_memory(data) for data in self.datasets)
+        self.workers = default_workers(self.datasets) if workers is None else workers
+        self.pin_memory, self.prefetch = pin_memory, prefetch
+        self._loader: Iterator[Any] | None = None
+
+    def skip(self, steps: int) -> TrainingBatches:
+        if self._loader is not None:
+            raise RuntimeError("skip() must come before the first step is loaded")
+        self.sampler.skip(steps)
+        return self
+
+    def __iter__(self) -> TrainingBatches:
+        return self
+
+    def __next__(self) -> list[Any]:
+        if self.in_memory:
+            return [take(data, indices) for data, indices in zip(self.datasets, next(self.sampler), strict=True)]
+        if self._loader is None:
+            self._loader = iter(self._data_loader())
+        return [next(self._loader) for _ in self.datasets]
+
+    def _data_loader(self) -> DataLoader:
+        n_tasks = len(self.datasets)
+        options: dict[str, Any] = {}
+        if self.workers > 0:
+            options["prefetch_factor"] = max(2, math.ceil(self.prefetch * n_tasks / self.workers))
+        return DataLoader(
+            _TaskExamples(self.datasets),
+            batch_sampler=_TaskBatches(self.sampler),
+            num_workers=self.workers,
+            pin_memory=self.pin_memory,
+            **options,
+        )
+
+
+class _TaskExamples(Dataset):
+    """Example (task, index) of a list of datasets: what one DataLoader over all tasks loads."""
+
+    def __init__(self, datasets: Sequence[Dataset]) -> None:
+        self.datasets = list(datasets)
+
+    def __getitem__(self, key: tuple[int, int]) -> Any:
+        task, index = key
+        return self.datasets[task][index]
+
+    def __len__(self) -> int:
+        return sum(len(data) for data in self.datasets)
+
+
+class _TaskBatches:
+    """The sampler's steps flattened into task batches of (task, index) keys: step 0 task 0, step 0 task 1, ..."""
+
+    def __init__(self, sampler: StepSampler) -> None:
+        self.sampler = sampler
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        for step in self.sampler:
+            for task, indices in enumerate(step):
+                yield [(task, index) for index in indices.tolist()]
+
+
+def resumed(stream: Iterator[Any], steps: int) -> Iterator[Any]:
+    """`stream` from step `steps` on: by its `skip(steps)` when it has one (nothing loaded), else by reading and
+    dropping the first `steps` items."""
+    skip = getattr(stream, "skip", None)
+    return skip(steps) if callable(skip) else itertools.islice(stream, steps, None)
+
+
+def ordered_batches(
+    data: Dataset, batch_size: int, workers: int | None = None, pin_memory: bool = False
+) -> Iterator[Any]:
+    """`data` in order, in batches of `batch_size` (the last one shorter): each example loaded once, by
+    `workers` processes ahead of the consumer (default `default_workers`), or by bulk indexing in memory."""
+    check_workers(workers)
+    if is_in_memory(data):
+        for start in range(0, len(data), batch_size):
+            yield take(data, torch.arange(start, min(start + batch_size, len(data))))
+        return
+    n_batches = math.ceil(len(data) / batch_size)
+    workers = default_workers([data], n_batches) if workers is None else workers
+    yield from DataLoader(data, batch_size=batch_size, num_workers=workers, pin_memory=pin_memory)
+
+
+def to_device(inputs: Any, device: torch.device) -> Any:
+    """A tensor or a dict of tensors on `device`; asynchronous from pinned memory."""
+    non_blocking = device.type == "cuda"
+    if isinstance(inputs, dict):
+        return {key: value.to(device, non_blocking=non_blocking) for key, value in inputs.items()}
+    return inputs.to(device, non_blocking=non_blocking)
