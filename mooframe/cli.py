@@ -60,17 +60,14 @@ def _cmd_solve(args: argparse.Namespace) -> None:
 
 
 def _cmd_select(args: argparse.Namespace) -> None:
-    from mooframe.result import ParetoSetResult
-
-    result = ParetoSetResult.load(args.run_dir, device=args.device)
+    result = _loaded(args.run_dir, args)
     print(result.select(args.rule, n=args.n, refine=args.refine).summary(args.runners_up))
 
 
 def _cmd_export(args: argparse.Namespace) -> None:
-    from mooframe.result import ParetoSetResult
     from mooframe.selection import parse_vector
 
-    result = ParetoSetResult.load(args.run_dir, device=args.device)
+    result = _loaded(args.run_dir, args)
     if args.select is not None:
         target = result.select(args.select, n=args.n, refine=args.refine)
         print(target.summary(args.runners_up))
@@ -79,6 +76,22 @@ def _cmd_export(args: argparse.Namespace) -> None:
         target = pref = parse_vector(args.pref)
     path = result.export(args.out, target, force=args.force)
     print(f"exported the model at preference {','.join(f'{v:.6g}' for v in pref)} to {path}")
+
+
+def _loaded(path: str | Path, args: argparse.Namespace) -> Any:
+    """The run at `path` on `--device`, its problem loading with `--workers` and evaluating under `--autocast`."""
+    from mooframe.result import ParetoSetResult
+
+    result = ParetoSetResult.load(path, device=args.device)
+    if hasattr(result.problem, "workers"):
+        result.problem.workers, result.problem.eval_autocast = args.workers, args.autocast
+    return result
+
+
+def _add_evaluation_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default="cpu", help="where to evaluate, e.g. cuda (default cpu)")
+    parser.add_argument("--workers", type=int, help="data loader processes (default: a share of the cores)")
+    parser.add_argument("--autocast", choices=["bfloat16", "float16"], help="evaluate under autocast (CUDA)")
 
 
 def _add_selection_options(parser: argparse.ArgumentParser) -> None:
@@ -91,19 +104,18 @@ def _add_selection_options(parser: argparse.ArgumentParser) -> None:
         help="then evaluate K-1 more preferences between the choice and each grid neighbour and choose again",
     )
     parser.add_argument("--runners-up", type=int, default=3, help="how many runners-up to print")
-    parser.add_argument("--device", default="cpu")
+    _add_evaluation_options(parser)
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:
     from mooframe.report import compare_fronts, evaluation_preferences, write_report
-    from mooframe.result import ParetoSetResult
 
     paths = [Path(run) for run in args.runs]
     if len(set(paths)) != len(paths):
         raise ValueError(f"a run is given twice in {args.runs}; pass each run directory once")
     # label runs by folder name where those are unique, else by the path given
     labels = [p.name for p in paths] if len({p.name for p in paths}) == len(paths) else [str(p) for p in paths]
-    results = {label: ParetoSetResult.load(path) for label, path in zip(labels, paths, strict=True)}
+    results = {label: _loaded(path, args) for label, path in zip(labels, paths, strict=True)}
     problems = {label: result.problem.spec() for label, result in results.items()}
     first = labels[0]
     for label, spec in problems.items():
@@ -122,7 +134,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
 def _cmd_demo(args: argparse.Namespace) -> None:
     from mooframe.demo import run_demo
 
-    report = run_demo(args.out, steps=args.steps, seed=args.seed, progress=not args.quiet, workers=args.workers)
+    report = run_demo(
+        args.out, steps=args.steps, seed=args.seed, progress=not args.quiet, workers=args.workers, device=args.device
+    )
     print(f"report written to {report}")
 
 
@@ -195,6 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--ref", type=float, nargs="+", help="hypervolume reference point (default: nadir of all fronts + 10%%)"
     )
     evaluate.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_evaluation_options(evaluate)
     evaluate.set_defaults(run=_cmd_evaluate)
 
     demo = commands.add_parser("demo", help="PWE-MoE vs merging baselines on multi-task digits: report and plots")
@@ -208,6 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--workers", type=int, help="processes running the methods (default: one per CPU core)")
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
+    demo.add_argument("--device", default="cpu", help="where each method trains and is evaluated (default cpu)")
     demo.set_defaults(run=_cmd_demo)
 
     listing = commands.add_parser("list", help="print the registered problems, models and solvers")

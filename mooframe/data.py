@@ -195,18 +195,26 @@ def resumed(stream: Iterator[Any], steps: int) -> Iterator[Any]:
 
 
 def ordered_batches(
-    data: Dataset, batch_size: int, workers: int | None = None, pin_memory: bool = False
-) -> Iterator[Any]:
-    """`data` in order, in batches of `batch_size` (the last one shorter): each example loaded once, by
-    `workers` processes ahead of the consumer (default `default_workers`), or by bulk indexing in memory."""
+    datasets: Sequence[Dataset], batch_size: int, workers: int | None = None, pin_memory: bool = False
+) -> Iterator[tuple[int, Any]]:
+    """(task, batch) pairs: each dataset in order, in batches of `batch_size` (a task's last one shorter), task
+    after task. Each example is loaded once: by bulk indexing when all are in memory, else by one DataLoader over
+    all the tasks (workers started once, prefetching across task boundaries; default `default_workers`)."""
     check_workers(workers)
-    if is_in_memory(data):
-        for start in range(0, len(data), batch_size):
-            yield take(data, torch.arange(start, min(start + batch_size, len(data))))
+    keys = [
+        (task, torch.arange(start, min(start + batch_size, len(data))))
+        for task, data in enumerate(datasets)
+        for start in range(0, len(data), batch_size)
+    ]
+    if all(is_in_memory(data) for data in datasets):
+        for task, indices in keys:
+            yield task, take(datasets[task], indices)
         return
-    n_batches = math.ceil(len(data) / batch_size)
-    workers = default_workers([data], n_batches) if workers is None else workers
-    yield from DataLoader(data, batch_size=batch_size, num_workers=workers, pin_memory=pin_memory)
+    workers = default_workers(datasets, len(keys)) if workers is None else workers
+    batches = [[(task, index) for index in indices.tolist()] for task, indices in keys]
+    loader = DataLoader(_TaskExamples(datasets), batch_sampler=batches, num_workers=workers, pin_memory=pin_memory)
+    for (task, _), batch in zip(keys, loader, strict=True):
+        yield task, batch
 
 
 def to_device(inputs: Any, device: torch.device) -> Any:
@@ -215,3 +223,29 @@ def to_device(inputs: Any, device: torch.device) -> Any:
     if isinstance(inputs, dict):
         return {key: value.to(device, non_blocking=non_blocking) for key, value in inputs.items()}
     return inputs.to(device, non_blocking=non_blocking)
+
+
+def solutions_per_pass(solution: Any, n: int, device: torch.device, share: float = 0.5) -> int:
+    """How many solutions like `solution` to evaluate per pass over the data, at most `n`: as many as fit in `share`
+    of the free memory of `device` (each one's parameters and buffers; tensors count their own size)."""
+    if isinstance(solution, torch.Tensor):
+        size = solution.numel() * solution.element_size()
+    elif isinstance(solution, torch.nn.Module):
+        size = sum(t.numel() * t.element_size() for t in itertools.chain(solution.parameters(), solution.buffers()))
+    else:
+        size = 0
+    if size == 0:
+        return n
+    return max(1, min(n, int(share * free_memory(device) / size)))
+
+
+def free_memory(device: torch.device) -> int:
+    """Bytes free on `device`: CUDA's free memory, or the host's available memory (/proc/meminfo)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as handle:
+            fields = dict(line.split(":", 1) for line in handle)
+        return int(fields["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")

@@ -213,9 +213,8 @@ class MergingProblem(Problem):
         self, solutions: Sequence[Callable[..., torch.Tensor]], progress: bool = False
     ) -> list[Evaluation]:
         """`evaluate` of each solution, reading and decoding each test example once: every test batch is scored by
-        all the solutions in turn. The counts are summed on the device (one transfer per task at the end)."""
+        all the solutions in turn. The counts are summed on the device and read once at the end."""
         n, n_tasks = len(solutions), self.n_objectives
-        accuracy, loss = np.zeros((n, n_tasks)), np.zeros((n, n_tasks))
         bar = tqdm(
             total=sum(len(data) for data in self.test_data),
             desc=f"evaluate x{n}",
@@ -224,20 +223,19 @@ class MergingProblem(Problem):
             disable=not progress,
             dynamic_ncols=True,
         )
-        pin = self.device.type == "cuda"
+        correct = torch.zeros((n, n_tasks), dtype=torch.long, device=self.device)
+        loss_sum = torch.zeros((n, n_tasks), dtype=torch.float64, device=self.device)
+        batches = ordered_batches(self.test_data, self.eval_batch_size, self.workers, self.device.type == "cuda")
         with torch.no_grad(), self._evaluation_autocast(), bar:
-            for task, data in enumerate(self.test_data):
-                correct = torch.zeros(n, dtype=torch.long, device=self.device)
-                loss_sum = torch.zeros(n, dtype=torch.float64, device=self.device)
-                for inputs, labels in ordered_batches(data, self.eval_batch_size, self.workers, pin):
-                    inputs, labels = to_device(inputs, self.device), to_device(labels, self.device)
-                    for k, solution in enumerate(solutions):
-                        logits = self.logits(solution, task, inputs).float()
-                        correct[k] += (logits.argmax(-1) == labels).sum()
-                        loss_sum[k] += F.cross_entropy(logits, labels, reduction="sum").double()
-                    bar.update(len(labels))
-                accuracy[:, task] = correct.cpu().numpy() / len(data)
-                loss[:, task] = loss_sum.cpu().numpy() / len(data)
+            for task, (inputs, labels) in batches:
+                inputs, labels = to_device(inputs, self.device), to_device(labels, self.device)
+                for k, solution in enumerate(solutions):
+                    logits = self.logits(solution, task, inputs).float()
+                    correct[k, task] += (logits.argmax(-1) == labels).sum()
+                    loss_sum[k, task] += F.cross_entropy(logits, labels, reduction="sum").double()
+                bar.update(len(labels))
+        sizes = np.array([len(data) for data in self.test_data])
+        accuracy, loss = correct.cpu().numpy() / sizes, loss_sum.cpu().numpy() / sizes
         return [
             Evaluation(objectives=1.0 - accuracy[k], metrics={"accuracy": accuracy[k], "loss": loss[k]})
             for k in range(n)
