@@ -83,16 +83,17 @@ class CLIPImageClassification(PretrainedMergingProblem):
         check_precision(precision)
         sources = per_task(experts, self.tasks, "expert checkpoints")
         data_sources = per_task(data, self.tasks, "data sources (folders, or None for the cache)")
-        pretrained, expert_models, text_tower, presets = load_clip_family(
+        pretrained, expert_models, text_tower, presets, content = load_clip_family(
             family, model, pretrained_weights, sources, self.tasks
         )
         model_key = f"{family}:{model}:{pretrained_weights}"
         heads = [
             cached_zero_shot_head(
-                model_key, t, image_tasks()[t]["class_names"], image_tasks()[t]["templates"], text_tower, head_cache
+                model_key, t, image_tasks()[t]["class_names"], image_tasks()[t]["templates"], text_tower, head_cache,
+                content=content,
             )
             for t in self.tasks
-        ]
+        ]  # fmt: skip
         transform = clip_transform(pretrained.image_size)
         train, test = [], []
         for task, source in zip(self.tasks, data_sources, strict=True):
@@ -115,8 +116,9 @@ class CLIPImageClassification(PretrainedMergingProblem):
 
 def load_clip_family(
     family: str, model: str, pretrained_weights: str | None, experts: list[str | None], tasks: list[str]
-) -> tuple[Backbone, list[Any], Callable[[], tuple], dict[str, list[str]]]:
-    """(pretrained backbone, experts, text-tower loader for the heads, up-scaling presets) of a CLIP family."""
+) -> tuple[Backbone, list[Any], Callable[[], tuple], dict[str, list[str]], str]:
+    """(pretrained backbone, experts, text-tower loader for the heads, up-scaling presets, fingerprint of the
+    weights the heads depend on) of a CLIP family."""
     if family == "hf_clip":
         from mooframe.adapters import hf_clip
 
@@ -124,32 +126,51 @@ def load_clip_family(
             hf_clip.load_backbone(source or hf_clip.expert_source(model, task))
             for source, task in zip(experts, tasks, strict=True)
         ]
-        return hf_clip.load_backbone(model), expert_models, partial(hf_clip.text_tower, model), hf_clip.UPSCALE_PRESETS
+        pretrained = hf_clip.load_backbone(model)
+        text_tower = partial(hf_clip.text_tower, model)
+        return pretrained, expert_models, text_tower, hf_clip.UPSCALE_PRESETS, hf_clip.text_fingerprint(model)
     if family == "open_clip":
         from mooframe.adapters import open_clip
 
         if None in experts:
             raise ValueError("open_clip experts have no default location; pass experts=[one state dict file per task]")
+        clip = open_clip.load_clip(model, pretrained_weights)  # loaded once: the backbone and the heads' text tower
         return (
-            open_clip.load_backbone(model, pretrained_weights),
+            open_clip.OpenCLIPVisionBackbone(clip.visual),
             [open_clip.load_expert_state(source) for source in experts],
-            partial(open_clip.text_tower, model, pretrained_weights),
+            partial(open_clip.text_tower, model, pretrained_weights, clip),
             open_clip.UPSCALE_PRESETS,
+            open_clip.text_fingerprint(clip),
         )
     raise ValueError(f"unknown model family {family!r}; pass 'hf_clip' or 'open_clip'")
 
 
 def clip_transform(image_size: int) -> transforms.Compose:
     """CLIP's evaluation preprocessing: bicubic resize of the short side, center crop, RGB, normalization."""
+    return transforms.Compose([clip_decode(image_size), normalize_pixels])
+
+
+def clip_decode(image_size: int) -> transforms.Compose:
+    """The decoding half of `clip_transform`: resize, crop and RGB, as uint8 pixels (3, size, size)."""
     return transforms.Compose(
         [
             transforms.Resize(image_size, interpolation=transforms.InterpolationMode.BICUBIC),
             transforms.CenterCrop(image_size),
-            transforms.Lambda(lambda image: image.convert("RGB")),
-            transforms.ToTensor(),
-            transforms.Normalize(CLIP_MEAN, CLIP_STD),
+            _rgb,
+            transforms.PILToTensor(),
         ]
     )
+
+
+def normalize_pixels(pixels: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels (..., 3, H, W) -> CLIP's normalized float input: (x / 255 - mean) / std per channel."""
+    mean = torch.tensor(CLIP_MEAN).view(3, 1, 1)
+    std = torch.tensor(CLIP_STD).view(3, 1, 1)
+    return (pixels.float().div(255) - mean) / std
+
+
+def _rgb(image: Image.Image) -> Image.Image:
+    return image.convert("RGB")
 
 
 class ImageDataset(Dataset):
