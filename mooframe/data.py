@@ -5,14 +5,21 @@ example is loaded; workers only load them. So the batches' contents and order de
 the number of workers, and resuming at step n skips n steps of the sampler without loading a single example.
 Datasets held in memory as tensors (`TensorDataset`, a `Subset` of one, or any dataset with a `batch(indices)`
 method) are indexed in bulk in the main process: no worker, no per-example copy.
+
+`decoded_cache` writes a dataset's preprocessed images (uint8) once to a memory-mapped file and serves them from
+there (`DecodedImages`), so that training and evaluation decode no image again.
 """
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import json
+import logging
 import math
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,6 +27,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset, default_collate
 
 from mooframe import distributed
+from mooframe.atomic import staged_directory
+
+logger = logging.getLogger(__name__)
 
 #: the most loader processes chosen by default (one core is left to the training step).
 MAX_DEFAULT_WORKERS = 8
@@ -249,3 +259,107 @@ def free_memory(device: torch.device) -> int:
         return int(fields["MemAvailable"].split()[0]) * 1024
     except (OSError, KeyError, ValueError):
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+DECODED_FORMAT = "mooframe-decoded/1"
+_PIXELS, _LABELS, _META = "pixels.npy", "labels.npy", "meta.json"
+
+
+def cache_root() -> Path:
+    """$MOOFRAME_CACHE, or ~/.cache/mooframe."""
+    return Path(os.environ.get("MOOFRAME_CACHE", Path.home() / ".cache" / "mooframe"))
+
+
+class DecodedImages(Dataset):
+    """(normalize(pixels[i]), label i) from a memory-mapped uint8 array (N, C, H, W); read in bulk (`batch`)."""
+
+    def __init__(self, pixels: np.ndarray, labels: np.ndarray, normalize: Callable[[torch.Tensor], torch.Tensor]):
+        self.pixels, self.labels, self.normalize = pixels, labels, normalize
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return self.normalize(torch.from_numpy(np.array(self.pixels[index]))), int(self.labels[index])
+
+    def batch(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = indices.numpy()
+        return self.normalize(torch.from_numpy(self.pixels[rows])), torch.from_numpy(self.labels[rows])
+
+
+def decoded_cache(
+    source: Dataset,
+    key: Mapping[str, Any],
+    normalize: Callable[[torch.Tensor], torch.Tensor],
+    root: str | Path | None = None,
+    workers: int | None = None,
+    batch_size: int = 64,
+) -> DecodedImages:
+    """`source`, whose examples are (uint8 pixels (C, H, W), label), decoded once into `root`/decoded/<hash of
+    `key`>/ and served from that memory-mapped file, with `normalize` applied on read.
+
+    `key` must name everything the pixels depend on (dataset revision, split, transform, example limit): a changed
+    key is another entry. An entry whose files do not match the SHA-256 digests recorded when it was written
+    (truncated, overwritten, half-written) or whose metadata is unreadable is rebuilt; entries are written to a
+    staging folder and renamed into place whole.
+    """
+    fingerprint = hashlib.sha256(json.dumps([DECODED_FORMAT, dict(key)], sort_keys=True, default=str).encode())
+    folder = Path(root or cache_root()) / "decoded" / fingerprint.hexdigest()[:32]
+    cached = _read_decoded(folder, fingerprint.hexdigest())
+    if cached is None:
+        if folder.exists():
+            logger.warning("decoded cache %s is corrupt or stale; rebuilding it", folder)
+        _write_decoded(source, folder, fingerprint.hexdigest(), dict(key), workers, batch_size)
+        cached = _read_decoded(folder, fingerprint.hexdigest())
+        if cached is None:
+            raise OSError(f"the decoded cache {folder} did not read back as written; check the disk it is on")
+    return DecodedImages(*cached, normalize)
+
+
+def _write_decoded(
+    source: Dataset, folder: Path, fingerprint: str, key: dict[str, Any], workers: int | None, batch_size: int
+) -> None:
+    if len(source) == 0:
+        raise ValueError("cannot cache an empty dataset")
+    with staged_directory(folder) as staging:
+        pixels, labels, offset = None, np.empty(len(source), dtype=np.int64), 0
+        for _, (images, targets) in ordered_batches([source], batch_size, workers):
+            if images.dtype != torch.uint8:
+                raise ValueError(f"the decoded cache stores uint8 pixels; the source yields {images.dtype}")
+            if pixels is None:  # the shape of the first batch's images: no example decoded twice
+                shape = (len(source), *images.shape[1:])
+                pixels = np.lib.format.open_memmap(staging / _PIXELS, mode="w+", dtype=np.uint8, shape=shape)
+            pixels[offset : offset + len(targets)] = images.numpy()
+            labels[offset : offset + len(targets)] = torch.as_tensor(targets).numpy()
+            offset += len(targets)
+        pixels.flush()
+        del pixels
+        np.save(staging / _LABELS, labels)
+        meta = {"format": DECODED_FORMAT, "fingerprint": fingerprint, "key": key, "shape": list(shape)}
+        meta |= {name: _file_sha256(staging / name) for name in (_PIXELS, _LABELS)}
+        (staging / _META).write_text(json.dumps(meta, indent=1, default=str))
+
+
+def _read_decoded(folder: Path, fingerprint: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """The entry's (pixels memory map, labels) if its metadata, digests and shapes all check out, else None."""
+    try:
+        meta = json.loads((folder / _META).read_text())
+        if meta.get("format") != DECODED_FORMAT or meta.get("fingerprint") != fingerprint:
+            return None
+        if any(_file_sha256(folder / name) != meta.get(name) for name in (_PIXELS, _LABELS)):
+            return None
+        pixels = np.load(folder / _PIXELS, mmap_mode="r")
+        labels = np.load(folder / _LABELS)
+    except (OSError, ValueError, AttributeError):
+        return None
+    if list(pixels.shape) != meta.get("shape") or labels.shape != pixels.shape[:1] or pixels.dtype != np.uint8:
+        return None
+    return pixels, labels
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 24):
+            digest.update(chunk)
+    return digest.hexdigest()

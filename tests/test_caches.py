@@ -6,10 +6,13 @@ import logging
 
 import pytest
 import torch
+from torch.utils.data import Dataset
 from transformers import CLIPModel
 
+from mooframe import data as pipeline
 from mooframe.adapters import hf_clip
 from mooframe.adapters.zero_shot import cached_zero_shot_head
+from mooframe.params import get_params
 from mooframe.problems.image_classification import CLIPImageClassification
 from tests.tiny_checkpoints import perturbed, write_hf_clip, write_image_folder
 
@@ -75,11 +78,13 @@ def test_vision_tower_of_a_full_clip_checkpoint_loads_exactly_and_quietly(tmp_pa
     assert hf_clip.CLIPVisionModel._keys_to_ignore_on_load_unexpected is None  # the class is left as it was
 
 
-def test_repeated_dataset_loader_warnings_appear_once(caplog):
+def test_repeated_dataset_loader_warnings_appear_once(caplog, tmp_path):
+    import datasets
+
     from mooframe.problems.pretrained import load_hf_dataset
 
-    with pytest.raises(FileNotFoundError):
-        load_hf_dataset(None, "nobody/no-such-dataset", "train")
+    datasets.DatasetDict({"train": datasets.Dataset.from_dict({"label": [0, 1]})}).save_to_disk(tmp_path / "d")
+    assert load_hf_dataset(str(tmp_path / "d"), "org/d", "train")["label"] == [0, 1]
     loader_log = logging.getLogger("datasets.load")
     with caplog.at_level(logging.WARNING, logger="datasets.load"):
         for split in ("train", "test", "train"):
@@ -88,3 +93,62 @@ def test_repeated_dataset_loader_warnings_appear_once(caplog):
     messages = [record.getMessage() for record in caplog.records]
     assert messages.count("Using the latest cached version of the dataset since tanganke/dtd couldn't be found") == 1
     assert messages.count("split train") == 1 and messages.count("split test") == 1
+
+
+class _Counting(Dataset):
+    def __init__(self, data):
+        self.data, self.reads = data, 0
+
+    def __len__(self):
+        return len(self.data)
+
+    def __getitem__(self, index):
+        self.reads += 1
+        return self.data[index]
+
+
+def test_decoded_cache_serves_the_same_tensors_and_is_rebuilt_when_corrupt(tmp_path, eurosat):
+    from mooframe.problems.image_classification import clip_decode, clip_transform, image_dataset, normalize_pixels
+
+    source = _Counting(image_dataset("eurosat", eurosat, "train", clip_decode(32)))
+    key = {"task": "eurosat", "revision": source.data.revision, "transform": repr(clip_decode(32))}
+    cached = pipeline.decoded_cache(source, key, normalize_pixels, root=tmp_path, workers=0, batch_size=4)
+    assert source.reads == 6
+    on_the_fly = image_dataset("eurosat", eurosat, "train", clip_transform(32))
+    for i in range(6):
+        assert torch.equal(cached[i][0], on_the_fly[i][0]) and cached[i][1] == on_the_fly[i][1]
+    inputs, labels = pipeline.take(cached, torch.tensor([4, 1]))
+    assert torch.equal(inputs, torch.stack([on_the_fly[4][0], on_the_fly[1][0]])) and labels.tolist() == [8, 1]
+    assert pipeline.is_in_memory(cached)
+
+    expected = cached.batch(torch.arange(6))[0].clone()
+    again = pipeline.decoded_cache(source, key, normalize_pixels, root=tmp_path)
+    assert source.reads == 6 and torch.equal(again.batch(torch.arange(6))[0], expected)
+    (folder,) = (tmp_path / "decoded").iterdir()
+    corruptions = {
+        "pixels.npy": lambda b: b[:-5] + bytes(5 - i for i in range(5)),  # overwritten bytes
+        "labels.npy": lambda b: b[: len(b) // 2],  # truncated
+        "meta.json": lambda b: b"{not json",
+    }
+    for name, corrupt in corruptions.items():
+        reads = source.reads
+        path = folder / name
+        path.write_bytes(corrupt(path.read_bytes()))
+        rebuilt = pipeline.decoded_cache(source, key, normalize_pixels, root=tmp_path, workers=0)
+        assert source.reads == reads + 6, name  # decoded again
+        assert torch.equal(rebuilt.batch(torch.arange(6))[0], expected), name
+    pipeline.decoded_cache(source, {**key, "transform": "other"}, normalize_pixels, root=tmp_path)
+    assert len(list((tmp_path / "decoded").iterdir())) == 2  # another key is another entry
+
+
+def test_problem_with_the_decoded_cache_equals_the_problem_without(tmp_path, eurosat, monkeypatch):
+    monkeypatch.setenv("MOOFRAME_CACHE", str(tmp_path / "cache"))
+    model, experts = write_hf_clip(tmp_path, n_experts=1)
+    options = dict(tasks=["eurosat"], model=model, experts=experts, data=[eurosat], head_cache=str(tmp_path / "h"))
+    plain = CLIPImageClassification(**options)
+    cached = CLIPImageClassification(**options, decoded_cache=True, max_test_examples=3)
+    assert get_params(cached)["decoded_cache"] is True  # recorded in a saved run
+    assert [len(d) for d in cached.test_data] == [3] and len(list((tmp_path / "cache" / "decoded").iterdir())) == 2
+    for mine, theirs in ((cached.train_data[0], plain.train_data[0]), (cached.test_data[0], plain.test_data[0])):
+        for i in range(len(mine)):
+            assert torch.equal(mine[i][0], theirs[i][0]) and mine[i][1] == theirs[i][1]

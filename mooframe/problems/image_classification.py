@@ -6,6 +6,7 @@ head built from its class names and prompt templates (shipped in data/image_task
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable, Sequence
 from functools import cache, partial
@@ -19,6 +20,7 @@ from torchvision import transforms
 
 from mooframe.adapters import Backbone
 from mooframe.adapters.zero_shot import cached_zero_shot_head
+from mooframe.data import decoded_cache
 from mooframe.problems.pretrained import PretrainedMergingProblem, check_precision, first, load_hf_dataset, per_task
 
 SAVED_DATASET_FILES = ("dataset_dict.json", "state.json")
@@ -50,6 +52,10 @@ class CLIPImageClassification(PretrainedMergingProblem):
         max_train_examples, max_test_examples: use only the first examples of each split (None: all).
         head_cache: folder of cached zero-shot heads (default ~/.cache/mooframe/zero_shot_heads).
         precision: "float32", "bfloat16" or "float16" for the frozen parts.
+        decoded_cache: keep each split's preprocessed images (uint8 at the model's resolution) in a memory-mapped
+            file under $MOOFRAME_CACHE/decoded (`mooframe.data.decoded_cache`), written once by DataLoader workers
+            and read by training and evaluation without decoding again; keyed by dataset revision, split,
+            transform and example limit. The tensors are identical to those decoded on the fly.
         objective, batch_size, eval_batch_size: as in MergingProblem.
     """
 
@@ -70,7 +76,9 @@ class CLIPImageClassification(PretrainedMergingProblem):
         objective: str = "cross_entropy",
         batch_size: int = 16,
         eval_batch_size: int = 256,
+        decoded_cache: bool = False,
     ) -> None:
+        self.decoded_cache = decoded_cache
         self.tasks, self.model, self.family, self.pretrained_weights = list(tasks), model, family, pretrained_weights
         self.experts = None if experts is None else list(experts)
         self.data = None if data is None else list(data)
@@ -94,11 +102,10 @@ class CLIPImageClassification(PretrainedMergingProblem):
             )
             for t in self.tasks
         ]  # fmt: skip
-        transform = clip_transform(pretrained.image_size)
         train, test = [], []
         for task, source in zip(self.tasks, data_sources, strict=True):
-            train.append(first(image_dataset(task, source, train_split, transform), max_train_examples))
-            test.append(first(image_dataset(task, source, test_split, transform), max_test_examples))
+            for out, split, limit in ((train, train_split, max_train_examples), (test, test_split, max_test_examples)):
+                out.append(task_images(task, source, split, limit, pretrained.image_size, decoded_cache))
         super().__init__(
             pretrained,
             expert_models,
@@ -112,6 +119,19 @@ class CLIPImageClassification(PretrainedMergingProblem):
             upscale_presets=presets,
         )
         self.set_precision(precision)
+
+
+def task_images(
+    task: str, source: str | None, split: str, limit: int | None, image_size: int, cached: bool = False
+) -> Dataset:
+    """The first `limit` examples of `task`'s `split`, CLIP-preprocessed to `image_size`: decoded on the fly, or
+    with `cached` from the decoded cache (built on first use)."""
+    if not cached:
+        return first(image_dataset(task, source, split, clip_transform(image_size)), limit)
+    decode = clip_decode(image_size)
+    images = image_dataset(task, source, split, decode)
+    key = {"task": task, "split": split, "revision": images.revision, "transform": repr(decode), "limit": limit}
+    return decoded_cache(first(images, limit), key, normalize_pixels)
 
 
 def load_clip_family(
@@ -174,10 +194,13 @@ def _rgb(image: Image.Image) -> Image.Image:
 
 
 class ImageDataset(Dataset):
-    """(transformed image, label) pairs from a list of images (PIL or paths) and labels."""
+    """(transformed image, label) pairs from a list of images (PIL or paths) and labels; `revision` identifies
+    the source's content (a Hugging Face dataset's fingerprint, or a hash of the files' names, sizes and times)."""
 
-    def __init__(self, images: Sequence[Any], labels: Sequence[int], transform: transforms.Compose) -> None:
-        self.images, self.labels, self.transform = images, labels, transform
+    def __init__(
+        self, images: Sequence[Any], labels: Sequence[int], transform: Callable[[Any], Any], revision: str = ""
+    ) -> None:
+        self.images, self.labels, self.transform, self.revision = images, labels, transform, revision
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -189,7 +212,7 @@ class ImageDataset(Dataset):
         return self.transform(image), int(self.labels[index])
 
 
-def image_dataset(task: str, source: str | None, split: str, transform: transforms.Compose) -> ImageDataset:
+def image_dataset(task: str, source: str | None, split: str, transform: Callable[[Any], Any]) -> ImageDataset:
     """Split `split` of `task` from an image folder, a save_to_disk folder, or the hub dataset in the cache."""
     saved = source is not None and any(Path(source, name).is_file() for name in SAVED_DATASET_FILES)
     if source is not None and not saved and Path(source).is_dir():
@@ -203,10 +226,11 @@ def image_dataset(task: str, source: str | None, split: str, transform: transfor
     image_column = "image" if "image" in rows.column_names else "img"
     if image_column not in rows.column_names or "label" not in rows.column_names:
         raise ValueError(f"dataset for {task!r} has columns {rows.column_names}; expected 'image' and 'label'")
-    return ImageDataset(_LazyColumn(rows, image_column), rows["label"], transform)
+    revision = getattr(rows, "_fingerprint", "") or ""
+    return ImageDataset(_LazyColumn(rows, image_column), rows["label"], transform, revision)
 
 
-def _image_folder(task: str, root: Path, transform: transforms.Compose) -> ImageDataset:
+def _image_folder(task: str, root: Path, transform: Callable[[Any], Any]) -> ImageDataset:
     """`root/<class>/<image>` where <class> is a class name of the task or its index."""
     class_names = image_tasks()[task]["class_names"]
     index = {name: i for i, name in enumerate(class_names)} | {str(i): i for i in range(len(class_names))}
@@ -223,7 +247,9 @@ def _image_folder(task: str, root: Path, transform: transforms.Compose) -> Image
                 labels.append(index[folder.name])
     if not paths:
         raise FileNotFoundError(f"no images under {root}; expected {root}/<class>/<image file>")
-    return ImageDataset(paths, labels, transform)
+    stats = [(str(path.relative_to(root)), path.stat().st_size, path.stat().st_mtime_ns) for path in paths]
+    revision = hashlib.sha256(json.dumps([str(root.resolve()), stats]).encode()).hexdigest()
+    return ImageDataset(paths, labels, transform, revision)
 
 
 class _LazyColumn:
