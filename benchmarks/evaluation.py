@@ -33,13 +33,13 @@ from mooframe.preferences import uniform_grid
 from mooframe.problem import MergingProblem
 from mooframe.problems.image_classification import ImageDataset, clip_transform
 
-TOWER = dict(image_size=224, patch_size=32, hidden_size=64, intermediate_size=128, num_hidden_layers=2)
+TOWER = dict(image_size=224, patch_size=32, hidden_size=32, intermediate_size=64, num_hidden_layers=1)
 
 
 def build_problem(root: str, images: int, tasks: int = 2) -> tuple[MergingProblem, list[CountingDataset]]:
     """Random tower, experts = tower + noise, linear heads; training data in memory, test data JPEG files."""
     torch.manual_seed(0)
-    backbone = HFCLIPVisionBackbone(CLIPVisionModel(CLIPVisionConfig(num_attention_heads=4, **TOWER)))
+    backbone = HFCLIPVisionBackbone(CLIPVisionModel(CLIPVisionConfig(num_attention_heads=2, **TOWER)))
     experts = [
         {k: p.detach() + 0.02 * torch.randn_like(p) for k, p in backbone.named_parameters()} for _ in range(tasks)
     ]
@@ -61,6 +61,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, help="loader processes (default: mooframe's default)")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
+    torch.set_num_threads(1)  # on a shared CPU, waiting threads spin; the loader's workers have their own cores
     with tempfile.TemporaryDirectory(prefix="mooframe-jpegs-") as root:
         problem, test = build_problem(root, args.images)
         problem.workers = args.workers

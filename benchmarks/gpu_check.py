@@ -54,7 +54,7 @@ SIZES = {
     "mnist": (28, 28),
     "dtd": (512, 512),
 }
-QUICK_TOWER = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4)
+QUICK_TOWER = dict(image_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2)
 STEP_CASES = [  # (label, tasks, model, solver)
     ("LS full fine-tuning", 2, "per_ray", "ls"),
     ("PWE-MoE (LS)", 2, "pwe_moe", "ls"),
@@ -63,6 +63,10 @@ STEP_CASES = [  # (label, tasks, model, solver)
     ("PWE-MoE (LS)", 8, "pwe_moe", "ls"),
     ("PWE-MoE (EPO)", 8, "pwe_moe", "epo"),
 ]
+
+
+def image_size(quick: bool) -> int:
+    return QUICK_TOWER["image_size"] if quick else 224
 
 
 def merging_problem(tasks: int, device: str, quick: bool, train: list, test: list | None = None) -> MergingProblem:
@@ -78,18 +82,18 @@ def merging_problem(tasks: int, device: str, quick: bool, train: list, test: lis
 def step_figures(device: str, quick: bool) -> list[dict[str, Any]]:
     rows = []
     for label, tasks, model_name, solver_name in STEP_CASES:
-        data = [TensorDataset(torch.randn(32, 3, 224, 224), torch.randint(0, 10, (32,))) for _ in range(tasks)]
+        size = image_size(quick)
+        data = [TensorDataset(torch.randn(32, 3, size, size), torch.randint(0, 10, (32,))) for _ in range(tasks)]
         problem = merging_problem(tasks, device, quick, data).to(device)
         options = {"rays": [[1 / tasks] * tasks]} if model_name == "per_ray" else {}
         model = build_model(model_name, problem, **options).to(device)
         solver = build_solver(solver_name)
         run = {"progress": False, "device": device, "lr": 1e-5}
-        solve(problem, model, solver, steps=2, **run)  # warm-up: kernels, allocator, optimizer state
+        solve(problem, model, solver, steps=1 if quick else 2, **run)  # warm-up: kernels, allocator, optimizer state
         _reset_peak(device)
-        times = []
-        for _ in range(2 if quick else 5):
-            times.append(solve(problem, model, solver, steps=2 if quick else 4, **run).settings["train_seconds"])
-        steps = 2 if quick else 4
+        times, steps = [], 1 if quick else 4
+        for _ in range(1 if quick else 5):
+            times.append(solve(problem, model, solver, steps=steps, **run).settings["train_seconds"])
         rows.append(
             {
                 "method": label,
@@ -112,25 +116,36 @@ def step_figures(device: str, quick: bool) -> list[dict[str, Any]]:
 
 
 def pipeline_figures(root: Path, workers: int | None, quick: bool) -> list[dict[str, Any]]:
-    rows = []
-    n_images, steps = (16, 1) if quick else (96, 3)
-    for task, size in SIZES.items():
-        paths = write_jpegs(root / f"pipeline-{task}", n_images, size=size)
-        datasets = [ImageDataset(paths, [0] * len(paths), clip_transform(224))] * 2
-        workers = default_workers(datasets) if workers is None else workers
-        rate = {}
-        for n in (0, workers):
-            stream = TrainingBatches(datasets, 16, np.random.default_rng(0), workers=n)
-            next(stream)
-            start = time.perf_counter()
-            for _ in range(steps):
-                next(stream)
-            rate[n] = 2 * 16 * steps / (time.perf_counter() - start)
-        rows.append({"task": task, "size": f"{size[0]}x{size[1]}", "images_per_s_0": rate[0],
-                     "images_per_s_n": rate[workers], "workers": workers})  # fmt: skip
-        print(f"pipeline {task:14s} {rows[-1]['size']:>8s}: {rate[0]:.0f} images/s with 0 workers, "
-              f"{rate[workers]:.0f} with {workers}", flush=True)  # fmt: skip
+    """Images/s over `steps` steps after the first (which starts the workers), torch on one thread in the main
+    process as in each worker."""
+    rows, threads = [], torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for task, size in SIZES.items():
+            rows.append(_pipeline_row(root, task, size, workers, quick))
+    finally:
+        torch.set_num_threads(threads)
     return rows
+
+
+def _pipeline_row(root: Path, task: str, size: tuple[int, int], workers: int | None, quick: bool) -> dict[str, Any]:
+    n_images, steps = (32, 2) if quick else (192, 6)
+    paths = write_jpegs(root / f"pipeline-{task}", n_images, size=size)
+    datasets = [ImageDataset(paths, [0] * len(paths), clip_transform(224))] * 2
+    workers = default_workers(datasets) if workers is None else workers
+    rate = {}
+    for n in (0, workers):
+        stream = TrainingBatches(datasets, 16, np.random.default_rng(0), workers=n)
+        next(stream)
+        start = time.perf_counter()
+        for _ in range(steps):
+            next(stream)
+        rate[n] = 2 * 16 * steps / (time.perf_counter() - start)
+    row = {"task": task, "size": f"{size[0]}x{size[1]}", "images_per_s_0": rate[0],
+           "images_per_s_n": rate[workers], "workers": workers}  # fmt: skip
+    print(f"pipeline {task:14s} {row['size']:>8s}: {rate[0]:.0f} images/s with 0 workers, "
+          f"{rate[workers]:.0f} with {workers}", flush=True)  # fmt: skip
+    return row
 
 
 def run_figures(root: Path, device: str, quick: bool) -> dict[str, Any]:
@@ -140,7 +155,7 @@ def run_figures(root: Path, device: str, quick: bool) -> dict[str, Any]:
         for split, n, out in (("train", n_train, train), ("test", n_test, test)):
             paths = write_jpegs(root / f"run-{split}-{task}", n, size=SIZES["sun397"], seed=10 * task + len(out))
             labels = np.random.default_rng(task).integers(0, 10, n).tolist()
-            out.append(ImageDataset(paths, labels, clip_transform(224)))
+            out.append(ImageDataset(paths, labels, clip_transform(image_size(quick))))
     problem = merging_problem(2, device, quick, train, test)
     start = time.perf_counter()
     result = solve(problem, model="pwe_moe", solver="ls", steps=steps, device=device, progress=False)

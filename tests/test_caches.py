@@ -152,3 +152,22 @@ def test_problem_with_the_decoded_cache_equals_the_problem_without(tmp_path, eur
     for mine, theirs in ((cached.train_data[0], plain.train_data[0]), (cached.test_data[0], plain.test_data[0])):
         for i in range(len(mine)):
             assert torch.equal(mine[i][0], theirs[i][0]) and mine[i][1] == theirs[i][1]
+
+
+def test_clip_transform_equals_torchvisions_reference_pipeline():
+    from PIL import Image
+    from torchvision import transforms
+
+    from mooframe.problems.image_classification import CLIP_MEAN, CLIP_STD, clip_transform
+
+    reference = transforms.Compose(
+        [
+            transforms.Resize(32, interpolation=transforms.InterpolationMode.BICUBIC),
+            transforms.CenterCrop(32),
+            transforms.Lambda(lambda image: image.convert("RGB")),
+            transforms.ToTensor(),
+            transforms.Normalize(CLIP_MEAN, CLIP_STD),
+        ]
+    )
+    image = Image.fromarray(torch.randint(0, 256, (50, 70), dtype=torch.uint8).numpy())  # grey: converted to RGB
+    assert torch.equal(clip_transform(32)(image), reference(image))
