@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset, default_collate
+from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from mooframe import distributed
 from mooframe.atomic import staged_directory
@@ -74,13 +74,6 @@ def take(data: Dataset, indices: torch.Tensor) -> Any:
     if isinstance(data, TensorDataset):
         return tuple(tensor[indices] for tensor in data.tensors)
     return data.batch(indices)
-
-
-def collate(data: Dataset, indices: torch.Tensor) -> Any:
-    """The examples `indices` of `data` as one batch: bulk indexing in memory, else loaded one by one and stacked."""
-    if is_in_memory(data):
-        return take(data, indices)
-    return default_collate([data[i] for i in indices.tolist()])
 
 
 class StepSampler:
@@ -230,7 +223,7 @@ def ordered_batches(
 def to_device(inputs: Any, device: torch.device) -> Any:
     """A tensor or a dict of tensors on `device`; asynchronous from pinned memory."""
     non_blocking = device.type == "cuda"
-    if isinstance(inputs, dict):
+    if isinstance(inputs, Mapping):
         return {key: value.to(device, non_blocking=non_blocking) for key, value in inputs.items()}
     return inputs.to(device, non_blocking=non_blocking)
 

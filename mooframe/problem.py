@@ -16,7 +16,7 @@ from torch import nn
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from mooframe.data import TrainingBatches, check_workers, ordered_batches, to_device
+from mooframe.data import TrainingBatches, ordered_batches, to_device
 from mooframe.params import get_params
 
 
@@ -70,8 +70,8 @@ class Problem(ABC):
 
     def evaluate_many(self, solutions: Sequence[Any], progress: bool = False) -> list[Evaluation]:
         """`[self.evaluate(s) for s in solutions]`; problems with data override it to read each example once for
-        all the solutions."""
-        return [self.evaluate(solution) for solution in tqdm(solutions, desc="evaluate", disable=not progress)]
+        all the solutions (and show their progress, in examples per second, when `progress`)."""
+        return [self.evaluate(solution) for solution in solutions]
 
     def true_front(self, n_points: int = 1000) -> np.ndarray | None:
         """Points on the true Pareto front, shape (n, T), when it is known; otherwise None."""
@@ -184,7 +184,6 @@ class MergingProblem(Problem):
         torch.distributed this rank's contiguous share of it, the only examples the rank loads. Data not in memory
         is loaded by `workers` DataLoader processes ahead of the step (pinned on CUDA); the stream's `skip(n)`
         resumes at step n without loading the steps before it (see `mooframe.data`)."""
-        check_workers(self.workers)
         return TrainingBatches(self.train_data, self.batch_size, rng, self.workers, self.device.type == "cuda")
 
     def logits(self, solution: Callable[..., torch.Tensor], task: int, inputs: Any) -> torch.Tensor:
