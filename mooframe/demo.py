@@ -83,6 +83,7 @@ def run_method(
     steps: int,
     seed: int = 0,
     progress: bool = True,
+    device: str = "cpu",
 ) -> MethodRun:
     """Train one method of `METHODS` form (model, solver, model kwargs, solve kwargs) and evaluate its front."""
     model, solver, model_kwargs, solve_kwargs = spec
@@ -98,6 +99,7 @@ def run_method(
             seed=seed,
             alpha=ALPHA,
             progress=progress,
+            device=device,
             model_kwargs=model_kwargs,
             **{"steps": steps, "lr": 1e-2, **solve_kwargs},
         )
@@ -151,14 +153,16 @@ def run_demo(
     progress: bool = True,
     methods: Mapping[str, tuple[str, str, dict[str, Any], dict[str, Any]]] = METHODS,
     workers: int | None = None,
+    device: str = "cpu",
 ) -> Path:
     """Build the problem, run `methods` on 2 and 3 tasks, write `out`/report.md (+ plots); return its path.
 
     Each trained method runs `steps` steps per dimension of the preference simplex (T - 1): the routers see as
     many preferences per direction of it on 3 tasks as on 2 (with 1000 steps on 3 tasks, PWE-MoE (LS) reached only
     0.88 of expert 1's gain at e_1; docs/benchmarks.md). The methods run in `workers` processes of one thread each
-    (default: one per CPU core, at most one per method); each is timed and measured in its own process.
-    `out` must be new, empty or a demo report mooframe wrote (checked first); it is replaced atomically at the end.
+    (default: one per CPU core, at most one per method); each is timed and measured in its own process, and
+    trains and is evaluated on `device`. `out` must be new, empty or a demo report mooframe wrote (checked first);
+    it is replaced atomically at the end.
     """
     out = check_output(out, DEMO)  # before an hour of training, not after
     problems = {  # built (or read from the cache) here, once, before the workers read it
@@ -166,7 +170,7 @@ def run_demo(
         for folder, n in TASK_COUNTS.items()
     }
     work = [  # the longest first
-        (folder, label, n_tasks, seed, spec, steps)
+        (folder, label, n_tasks, seed, spec, steps, device)
         for folder, n_tasks in reversed(TASK_COUNTS.items())
         for label, spec in methods.items()
     ]
@@ -205,13 +209,13 @@ def run_demo(
     return out / "report.md"
 
 
-def _run_job(job: tuple[str, str, int, int, tuple, int]) -> tuple[str, str, MethodRun]:
+def _run_job(job: tuple[str, str, int, int, tuple, int, str]) -> tuple[str, str, MethodRun]:
     """One method on the first n_tasks digits tasks, `steps` per simplex dimension, in a worker process (its
     trained set is not sent back)."""
-    folder, label, n_tasks, seed, spec, steps = job
+    folder, label, n_tasks, seed, spec, steps, device = job
     problem = MultiTaskDigits(tasks=DEFAULT_TASKS[:n_tasks], seed=seed, progress=False)
     with torch_threads(1):
-        run = run_method(problem, spec, steps * (n_tasks - 1), seed, progress=False)
+        run = run_method(problem, spec, steps * (n_tasks - 1), seed, progress=False, device=device)
     return folder, label, replace(run, result=None)
 
 
