@@ -283,6 +283,16 @@ def staged_directory(
             raise
 
 
+def remove_artifact(path: str | Path) -> None:
+    """Remove the artifact at `path` all at once: renamed to a staging name first (which `recover` cleans), so
+    a crash mid-removal never leaves a half-deleted folder at `path`."""
+    path = Path(path)
+    doomed = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.partial")
+    os.rename(path, doomed)
+    _fsync_directory(path.parent)
+    shutil.rmtree(doomed)
+
+
 def _swap_into_place(staging: Path, path: Path) -> None:
     if not path.exists():
         os.rename(staging, path)
