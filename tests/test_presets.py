@@ -44,7 +44,7 @@ def hf_clip_vision(name: str) -> nn.Module:
 
 
 def pwe_moe_on(backbone: nn.Module, presets: dict, n_tasks: int, upscale: str = "all") -> PWEMoE:
-    """PWE-MoE with the preset `upscale` over `n_tasks` copies of a meta-device backbone (only the routers are real tensors)."""
+    """PWE-MoE with the preset `upscale` over `n_tasks` copies of a meta-device backbone (routers: real tensors)."""
     problem = MergingProblem(
         backbone,
         [backbone] * n_tasks,
@@ -81,7 +81,7 @@ def test_all_preset_routes_the_stem_head_and_every_blocks_norms_attention_and_ml
 
 
 def test_all_preset_reconciles_with_table_8():
-    """ViT-B/32: 51 routers here + the 14 of the authors' list that no image reaches = 65 = 1.43K / 22 = 18.20K / 280."""
+    """ViT-B/32: 51 routers here + the 14 of the authors' list that no image reaches = 65 = 1.43K / 22 = 18.2K / 280."""
     model = pwe_moe_on(open_clip_visual("ViT-B-32"), open_clip_adapter.UPSCALE_PRESETS, 2)
     unreachable = 12 + 2  # ln_attn per block (parameterless), token_embedding and ln_final (text tower)
     assert round((router_count(model) + unreachable * 22) / 1000, 2) == 1.43
