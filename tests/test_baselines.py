@@ -152,3 +152,46 @@ def test_baseline_options_are_checked():
         build_model("regmean", problem, alpha=1.5)
     with pytest.raises(ValueError, match="sets the scaling itself"):
         lambda_sweep(problem, "task_arithmetic", scaling=0.3)
+
+
+def test_diagonal_fisher_falls_back_from_vmap_on_data_dependent_control_flow():
+    from mooframe.merging.fisher import diagonal_fisher
+
+    weight = torch.randn(3, 4, dtype=torch.float64)
+
+    def example_loss(params, x, y):
+        scale = 2.0 if x.sum() > 0 else 1.0  # data-dependent: vmap cannot trace it
+        return F.cross_entropy((scale * x @ params["w"].T)[None], y[None])
+
+    inputs, labels = torch.randn(6, 4, dtype=torch.float64), torch.randint(0, 3, (6,))
+    fisher = diagonal_fisher(example_loss, {"w": weight}, [(inputs, labels)], chunk_size=4)
+    expected = torch.zeros_like(weight)
+    for x, y in zip(inputs, labels, strict=True):
+        w = weight.clone().requires_grad_(True)
+        (g,) = torch.autograd.grad(example_loss({"w": w}, x, y), [w])
+        expected += g**2
+    torch.testing.assert_close(fisher["w"], (expected / 6).float())
+
+
+def test_regmean_handles_gpt2_conv1d_weights_as_transposed_linear_layers():
+    from transformers.pytorch_utils import Conv1D
+
+    torch.manual_seed(0)
+
+    def body():
+        return nn.Sequential(Conv1D(5, 4), nn.Tanh())  # y = x W + b with W of shape (4, 5)
+
+    backbone, experts = body(), [body(), body()]
+    problem = MergingProblem(
+        backbone,
+        experts,
+        [nn.Linear(5, 2), nn.Linear(5, 2)],
+        [TensorDataset(torch.randn(8, 4), torch.randint(0, 2, (8,))) for _ in range(2)],
+        batch_size=4,
+    )
+    merged = merged_state(build_model("regmean", problem, batches=2, alpha=1.0))
+    data = task_batches(problem, 2, seed=0)
+    grams = [sum(x.double().T @ x.double() for x, _ in data[t]) / 8 for t in range(2)]
+    weights = [s["0.weight"].double() for s in problem.expert_states]
+    expected = torch.linalg.solve(sum(grams), sum(g @ w for g, w in zip(grams, weights, strict=True)))
+    torch.testing.assert_close(merged["0.weight"].double(), expected, atol=1e-5, rtol=1e-5)

@@ -24,18 +24,34 @@ def diagonal_fisher(
 
     `example_loss(params, inputs, label)` is one example's negative log-likelihood (inputs and label without a
     batch dimension); per-example gradients come from `torch.func.vmap(grad(...))`, `chunk_size` examples at a
-    time (the per-example gradients of a chunk are held at once: chunk_size copies of the parameters).
+    time (the per-example gradients of a chunk are held at once: chunk_size copies of the parameters). A model
+    vmap cannot trace (data-dependent control flow, e.g. transformers' GPT-2 attention mask) gets the same
+    gradients from `grad` one example at a time.
     """
     params = {name: value.detach() for name, value in params.items()}
-    per_example = vmap(grad(example_loss), in_dims=(None, 0, 0), chunk_size=chunk_size)
+    example_grad = grad(example_loss)
+    batched = vmap(example_grad, in_dims=(None, 0, 0), chunk_size=chunk_size)
+
+    def looped(params: dict[str, torch.Tensor], inputs: Any, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        grads = [example_grad(params, _rows(inputs, i, 1, squeeze=True), labels[i]) for i in range(len(labels))]
+        return {name: torch.stack([g[name] for g in grads]) for name in params}
+
+    per_example = batched
     fisher = {name: torch.zeros_like(value, dtype=torch.float32) for name, value in params.items()}
     count = 0
     for inputs, labels in batches:
         for start in range(0, len(labels), chunk_size):
-            grads = per_example(params, _rows(inputs, start, chunk_size), labels[start : start + chunk_size])
+            chunk, chunk_labels = _rows(inputs, start, chunk_size), labels[start : start + chunk_size]
+            try:
+                grads = per_example(params, chunk, chunk_labels)
+            except RuntimeError as error:
+                if per_example is looped or "vmap" not in str(error):
+                    raise
+                per_example = looped
+                grads = per_example(params, chunk, chunk_labels)
             for name, value in grads.items():
                 fisher[name] += value.float().pow(2).sum(0)
-            count += len(labels[start : start + chunk_size])
+            count += len(chunk_labels)
     if count == 0:
         raise ValueError("diagonal_fisher got no examples; pass at least one batch")
     return {name: value / count for name, value in fisher.items()}
@@ -58,7 +74,8 @@ def fisher_merge(
     return merged
 
 
-def _rows(inputs: Any, start: int, size: int) -> Any:
+def _rows(inputs: Any, start: int, size: int, squeeze: bool = False) -> Any:
+    """Rows start .. start + size of a batch (a tensor or a dict of tensors); with `squeeze`, the one row itself."""
     if isinstance(inputs, Mapping):
-        return {key: value[start : start + size] for key, value in inputs.items()}
-    return inputs[start : start + size]
+        return {key: _rows(value, start, size, squeeze) for key, value in inputs.items()}
+    return inputs[start] if squeeze else inputs[start : start + size]

@@ -84,7 +84,8 @@ class FisherMerging(FixedMerge):
 
 
 class RegMean(FixedMerge):
-    """RegMean on every linear layer of the backbone the forward calls; every other parameter averaged.
+    """RegMean on every linear layer of the backbone the forward calls (nn.Linear, and the Conv1D layers of
+    transformers' GPT-2, which hold the transposed weight); every other parameter averaged.
 
     Layer l's merged weight is (sum_t G~_t)^{-1} sum_t G~_t W_t^T with G_t the mean x^T x of the inputs the layer
     sees in expert t on `batches` training batches of task t, G~ = alpha G + (1 - alpha) diag(G) (Jin et al., 2023).
@@ -101,7 +102,8 @@ class RegMean(FixedMerge):
 
     def merge(self, problem: MergingProblem) -> dict[str, torch.Tensor]:
         backbone = problem.pretrained
-        linear = [name for name, module in backbone.named_modules() if isinstance(module, nn.Linear)]
+        layouts = {name: _weight_layout(module) for name, module in backbone.named_modules()}
+        linear = [name for name, layout in layouts.items() if layout is not None]
         data = task_batches(problem, self.batches, self.seed)
         grams = []
         for task, state in enumerate(problem.expert_states):
@@ -116,10 +118,22 @@ class RegMean(FixedMerge):
         for name in linear:
             if not all(name in g for g in grams):
                 continue
+            flip = layouts[name] == "in_out"
             weights = [state[f"{name}.weight"] for state in problem.expert_states]
-            means = [g[name][0] / g[name][1] for g in grams]
-            merged[f"{name}.weight"] = regmean_weight(weights, [m.to(weights[0].device) for m in means], self.alpha)
+            weights = [w.T for w in weights] if flip else weights
+            means = [(g[name][0] / g[name][1]).to(weights[0].device) for g in grams]
+            weight = regmean_weight(weights, means, self.alpha)
+            merged[f"{name}.weight"] = weight.T.contiguous() if flip else weight
         return merged
+
+
+def _weight_layout(module: nn.Module) -> str | None:
+    """ "out_in" for nn.Linear (y = x W^T + b), "in_out" for transformers' Conv1D of GPT-2 (y = x W + b), else None."""
+    if isinstance(module, nn.Linear):
+        return "out_in"
+    if type(module).__name__ == "Conv1D" and getattr(module, "weight", None) is not None and module.weight.dim() == 2:
+        return "in_out"
+    return None
 
 
 def task_batches(problem: MergingProblem, n_batches: int, seed: int) -> list[list[tuple[Any, torch.Tensor]]]:
