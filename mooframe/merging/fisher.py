@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -43,7 +44,9 @@ def diagonal_fisher(
         for start in range(0, len(labels), chunk_size):
             chunk, chunk_labels = _rows(inputs, start, chunk_size), labels[start : start + chunk_size]
             try:
-                grads = per_example(params, chunk, chunk_labels)
+                with warnings.catch_warnings():  # torch says some backward ops run unbatched; the result is the same
+                    warnings.filterwarnings("ignore", message="There is a performance drop because we have not yet")
+                    grads = per_example(params, chunk, chunk_labels)
             except RuntimeError as error:
                 if per_example is looped or "vmap" not in str(error):
                     raise
