@@ -27,9 +27,9 @@ from tqdm.auto import tqdm
 from mooframe.models.baselines import FixedMerge
 from mooframe.models.pwe_moe import PWEMoE
 from mooframe.pareto_set import FunctionalModel
+from mooframe.preferences import equal_preference
 from mooframe.problem import MergingProblem
 from mooframe.problems.digits import DEFAULT_TASKS, MultiTaskDigits, torch_threads
-from mooframe.preferences import equal_preference
 from mooframe.report import compare_fronts, evaluation_preferences, write_report
 from mooframe.result import Front, ParetoSetResult
 from mooframe.solve import solve

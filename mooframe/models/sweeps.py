@@ -32,7 +32,12 @@ class Sweep:
 
     def best(self) -> int:
         """Row of the lambda with the highest mean accuracy (the paper reports each baseline at its best lambda)."""
-        return int(np.argmax(self.front.metrics["accuracy"].mean(axis=1)))
+        return best_row(self.front.metrics["accuracy"])
+
+
+def best_row(accuracy: np.ndarray) -> int:
+    """Row of `accuracy` (one row per lambda, one column per task) with the highest mean over the tasks."""
+    return int(np.argmax(np.asarray(accuracy).mean(axis=1)))
 
 
 def lambda_sweep(

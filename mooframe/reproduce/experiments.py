@@ -1,7 +1,9 @@
 """The PWE-MoE paper's experiments as data: one JSON file per experiment in `experiments/`.
 
 A file names the problem (a registered name and options), the task sets, how fronts are evaluated ("equal": the
-equal preference; {"grid": n}: the uniform grid), the methods with their settings, and the paper's numbers: rows
+equal preference; {"grid": n}: the uniform grid; a method may set its own, e.g. full fine-tuning at the equal
+preference is one model), the batch size per task of methods that do not set their own, the methods with their
+settings, and the paper's numbers: rows
 `{"method", "row", "pref", "accuracy": {task: %}}` (`pref` "equal", "own" for each expert on its own task, "best"
 for a lambda sweep at its best lambda, or a preference vector) and the experts' individual accuracies
 (`paper_experts`, Tables 5-7).

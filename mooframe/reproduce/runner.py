@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from mooframe.models.sweeps import best_row
 from mooframe.reproduce.experiments import SMOKE, Run, estimate, evaluation_grid, load_experiment, plan
 from mooframe.result import Front
 
@@ -53,7 +54,7 @@ def reproduce(
         path = out / run.folder / f"{run.method}.json"
         record = _read_record(path)
         done = record is not None and record["key"] == key
-        grid = evaluation_grid(experiment, len(run.tasks), smoke)
+        grid = evaluation_grid({**experiment, **run.spec}, len(run.tasks), smoke)  # a method may say "equal"
         if dry_run:
             cost = estimate(run, len(run.tasks), len(grid))
             log(f"  [{'done' if done else 'to run'}] {run.folder} / {run.method}: {cost}")
@@ -90,7 +91,7 @@ def _problem(cache: dict, experiment: dict, run: Run, options: dict, experts: st
     """The task set's problem, built once per batch size (methods share it)."""
     from mooframe.registry import build_problem
 
-    batch_size = run.spec.get("batch_size", 16)
+    batch_size = SMOKE["batch_size"] if smoke else run.spec.get("batch_size", experiment["batch_size"])
     key = (run.tasks, batch_size)
     if key not in cache:
         kwargs = {**options, "tasks": list(run.tasks), "batch_size": batch_size}
@@ -170,7 +171,7 @@ def _value(record: dict[str, Any], pref: Any) -> np.ndarray | None:
     if pref == "own":
         return np.diag(accuracy)
     if pref == "best":
-        return accuracy[int(np.argmax(accuracy.mean(axis=1)))]
+        return accuracy[best_row(accuracy)]
     prefs = np.asarray(record["prefs"])
     target = np.full(prefs.shape[1], 1.0 / prefs.shape[1]) if pref == "equal" else np.asarray(pref, dtype=float)
     distance = np.abs(prefs - target).max(axis=1)
