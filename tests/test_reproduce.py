@@ -14,7 +14,7 @@ import pytest
 from mooframe.reproduce import experiment_names, load_experiment, plan
 from mooframe.reproduce.runner import reproduce
 from tests.hub_cache import write_hub_dataset, write_hub_model
-from tests.tiny_checkpoints import random_images, write_hf_clip
+from tests.tiny_checkpoints import WORDS, random_images, write_gpt2, write_hf_clip
 
 THREE = ["sun397", "stanford-cars", "dtd"]
 
@@ -86,13 +86,7 @@ def _hub_cache(root: Path) -> Path:
 @pytest.mark.slow
 def test_reproduce_smoke_runs_end_to_end_offline_and_reports_the_papers_numbers(tmp_path):
     hf_home = _hub_cache(tmp_path)
-    env = {
-        **os.environ,
-        "HF_HOME": str(hf_home),
-        "HF_HUB_OFFLINE": "1",
-        "HF_DATASETS_OFFLINE": "1",
-        "MOOFRAME_CACHE": str(tmp_path / "mooframe-cache"),
-    }
+    env = _offline(hf_home, tmp_path / "mooframe-cache")
     out = tmp_path / "out"
     command = [sys.executable, "-m", "mooframe.cli", "reproduce", "figure5b", "--smoke", "--quiet", "--out", str(out)]
     first = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
@@ -125,6 +119,52 @@ def test_reproduce_smoke_runs_end_to_end_offline_and_reports_the_papers_numbers(
 
 def _method(row: str) -> str:
     return {"Weight Averaging": "weight_average", "MGDA": "mgda_full"}.get(row, "pwe_moe_ls_all")
+
+
+def _offline(hf_home: Path, cache: Path) -> dict[str, str]:
+    return {
+        **os.environ,
+        "HF_HOME": str(hf_home),
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "MOOFRAME_CACHE": str(cache),
+    }
+
+
+@pytest.mark.slow
+def test_reproduce_gpt2_pairs_offline_from_the_glue_cache(tmp_path):
+    """Figure 6's three pairs with GPT-2: "gpt2", tanganke/gpt2_<task> and nyu-mll/glue's configurations."""
+    import datasets
+
+    hf_home = tmp_path / "hf"
+    labels = {"cola": 2, "mnli": 3, "mrpc": 2}
+    gpt2, experts = write_gpt2(tmp_path / "models", list(labels.values()))
+    write_hub_model(hf_home, "gpt2", gpt2)
+    columns = {"cola": ("sentence",), "mnli": ("premise", "hypothesis"), "mrpc": ("sentence1", "sentence2")}
+    rng = np.random.default_rng(0)
+    for (task, n_labels), expert in zip(labels.items(), experts, strict=True):
+        write_hub_model(hf_home, f"tanganke/gpt2_{task}", expert)
+        evaluation = "validation_matched" if task == "mnli" else "validation"
+        splits = {}
+        for split in ("train", evaluation):
+            rows = {c: [" ".join(rng.choice(WORDS, 5)) for _ in range(6)] for c in columns[task]}
+            splits[split] = datasets.Dataset.from_dict(
+                {**rows, "label": [i % n_labels for i in range(6)], "idx": list(range(6))}
+            )
+        write_hub_dataset(hf_home, "nyu-mll/glue", splits, config=task)
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "mooframe.cli", "reproduce", "figure6", "--smoke", "--quiet", "--out", str(out)]
+    command += ["--methods", "experts,ties,pwe_moe_epo_mlp", "--problem-option", "max_length=16"]  # 32 positions
+    result = subprocess.run(
+        command, env=_offline(hf_home, tmp_path / "cache"), capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = (out / "report.md").read_text()
+    for pair in ("cola, mnli", "cola, mrpc", "mrpc, mnli"):
+        assert f"## {pair}" in report
+    assert "| cola | 76.8 / " in report  # Table 7: the CoLA expert on CoLA, beside this run's
+    record = json.loads((out / "mrpc+mnli" / "pwe_moe_epo_mlp.json").read_text())
+    assert record["key"]["spec"]["solver_kwargs"] == {"lp": "paper"} and len(record["prefs"]) == 3
 
 
 def test_reproduce_names_a_missing_checkpoint_in_one_line(tmp_path):
