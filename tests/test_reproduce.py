@@ -174,3 +174,21 @@ def test_reproduce_names_a_missing_checkpoint_in_one_line(tmp_path):
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 2
     assert "hf download gpt2" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_reproduce_never_replaces_files_it_did_not_write(tmp_path):
+    from mooframe.reproduce.runner import _run_folder, _write_json
+
+    users = tmp_path / "sun397+dtd" / "experts.json"
+    users.parent.mkdir()
+    users.write_text('{"mine": 1}')
+    with pytest.raises(ValueError, match="not written by mooframe reproduce"):
+        _write_json(users, {"format": "mooframe-reproduce/1"})
+    assert users.read_text() == '{"mine": 1}'
+    (tmp_path / "notes").mkdir()
+    with pytest.raises(ValueError, match="is not a mooframe run"):
+        _run_folder(tmp_path / "notes")
+    record = tmp_path / "sun397+dtd" / "ties.json"
+    _write_json(record, {"format": "mooframe-reproduce/1", "key": 1})
+    _write_json(record, {"format": "mooframe-reproduce/1", "key": 2})  # its own record: replaced
+    assert json.loads(record.read_text())["key"] == 2

@@ -133,7 +133,7 @@ def _execute(run: Run, problem: Any, grid: np.ndarray, out: Path, device: str, p
             **settings,
         )
         if run.kind == "train":
-            result.save(out / run.folder / run.method)
+            result.save(_run_folder(out / run.folder / run.method))
         front = result.front(grid if run.kind == "train" else equal, progress=progress)
     return {
         "kind": run.kind,
@@ -143,6 +143,21 @@ def _execute(run: Run, problem: Any, grid: np.ndarray, out: Path, device: str, p
         "loss": front.metrics["loss"].tolist(),
         **extra,
     }
+
+
+def _run_folder(path: Path) -> Path:
+    """`path` if it is free or holds a mooframe run (replaced by the new one); ValueError for anything else."""
+    from mooframe.result import CONFIG_FILE
+    from mooframe.result import FORMAT as RUN_FORMAT
+
+    if path.exists():
+        try:
+            ours = json.loads((path / CONFIG_FILE).read_text()).get("format") == RUN_FORMAT
+        except (OSError, ValueError, AttributeError):
+            ours = False
+        if not ours:
+            raise ValueError(f"{path} exists and is not a mooframe run; pass another --out")
+    return path
 
 
 def _read_record(path: Path) -> dict[str, Any] | None:
