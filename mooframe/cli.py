@@ -260,6 +260,15 @@ def _cmd_demo(args: argparse.Namespace) -> None:
     print(f"report written to {report}")
 
 
+def _cmd_reproduce(args: argparse.Namespace) -> None:
+    from mooframe.reproduce import reproduce
+
+    methods = [m for m in args.methods.split(",") if m] if args.methods else None
+    options = parse_options(args.problem_option)
+    reproduce(args.experiment, args.out, methods, args.smoke, args.dry_run, args.device, options, args.experts,
+              progress=not args.quiet)  # fmt: skip
+
+
 def _cmd_list(args: argparse.Namespace) -> None:
     from mooframe.registry import registered
 
@@ -359,6 +368,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--device", type=device, default="cpu", help="where each method trains and is evaluated (default cpu)"
     )
     demo.set_defaults(run=_cmd_demo)
+
+    from mooframe.reproduce.experiments import experiment_names
+
+    reproduce = commands.add_parser("reproduce", help="run one of the PWE-MoE paper's experiments and report")
+    reproduce.add_argument("experiment", choices=experiment_names(), help="the paper's table or figure")
+    reproduce.add_argument("--out", help="folder for runs and report (default runs/reproduce/EXPERIMENT[-smoke])")
+    reproduce.add_argument("--methods", help="comma-separated methods of the experiment (default: all)")
+    reproduce.add_argument("--dry-run", action="store_true", help="list the runs, done or not, and their cost")
+    reproduce.add_argument("--smoke", action="store_true", help="every step on a few examples (a quick check)")
+    reproduce.add_argument("--device", default="cpu")
+    reproduce.add_argument("--problem-option", action="append", metavar="KEY=VALUE", help="override a problem option")
+    reproduce.add_argument("--experts", metavar="TEMPLATE", help="expert path per task, with {task} (e.g. open_clip)")
+    reproduce.add_argument("--quiet", action="store_true", help="no progress bars")
+    reproduce.set_defaults(run=_cmd_reproduce)
 
     listing = commands.add_parser("list", help="print the registered problems, models and solvers")
     listing.set_defaults(run=_cmd_list)

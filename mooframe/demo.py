@@ -2,7 +2,8 @@
 
 On 2 and 3 of the digits tasks it trains PWE-MoE with linear scalarization and with EPO, and Pareto Merging with
 smooth Tchebycheff (with its base merge alone beside it), evaluates them beside
-preference-weighted task arithmetic, TIES, the individual experts and one LS fine-tuned model per ray (K = 5),
+preference-weighted task arithmetic, TIES, the paper's single-model baselines (weight averaging, Fisher merging,
+RegMean: one point each), the individual experts and one LS fine-tuned model per ray (K = 5),
 and writes report.md with HV, accuracies at the unit and equal preferences, trainable parameters, wall time
 and peak memory per method, and a plot of the fronts per task count.
 """
@@ -24,8 +25,10 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from mooframe.atomic import DEMO, check_output, marker, staged_directory
+from mooframe.models.baselines import FixedMerge
 from mooframe.models.pwe_moe import PWEMoE
 from mooframe.pareto_set import FunctionalModel
+from mooframe.preferences import equal_preference
 from mooframe.problem import MergingProblem
 from mooframe.problems.digits import DEFAULT_TASKS, MultiTaskDigits, torch_threads
 from mooframe.report import compare_fronts, evaluation_preferences, write_report
@@ -39,6 +42,9 @@ METHODS: dict[str, tuple[str, str, dict[str, Any], dict[str, Any]]] = {
     "PWE-MoE (EPO)": ("pwe_moe", "epo", {"upscale": "attention_mlp"}, {}),
     "task arithmetic": ("task_arithmetic", "ls", {}, {"steps": 0}),
     "TIES": ("ties", "ls", {}, {"steps": 0}),
+    "weight averaging": ("weight_average", "ls", {}, {"steps": 0}),
+    "Fisher merging": ("fisher_merging", "ls", {}, {"steps": 0}),
+    "RegMean": ("regmean", "ls", {}, {"steps": 0}),
     "per-ray LS (K=5)": ("per_ray", "ls", {"rays": 5}, {"lr": 1e-3}),
     "Pareto Merging (STCH)": ("pareto_merging", "smooth_tchebycheff", {"rank": 4}, {}),
     "Pareto Merging base merge": ("pareto_merging", "ls", {"rank": 0}, {"steps": 0}),
@@ -104,7 +110,9 @@ def run_method(
             **{"steps": steps, "lr": 1e-2, **solve_kwargs},
         )
         trained = time.perf_counter()
-        front = result.front(prefs, progress=progress)
+        # a single merged model (weight averaging, Fisher, RegMean) is the same at every preference: one point
+        single = isinstance(result.model, FixedMerge)
+        front = result.front(equal_preference(problem.n_objectives)[None] if single else prefs, progress=progress)
     evaluated = time.perf_counter()
     trainable = sum(p.numel() for p in result.model.trainable_parameters())
     interior = prefs[np.all(prefs > 0, axis=1)]  # the only preferences the ray deviation reads

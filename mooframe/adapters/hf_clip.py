@@ -27,6 +27,12 @@ UPSCALE_PRESETS: dict[str, list[str]] = {
         r"model\.(?:vision_model\.)?encoder\.layers\.\d+\.mlp",
         r"model\.(?:vision_model\.)?encoder\.layers\.\d+\.self_attn",
     ],
+    # The paper's "(All)" under Hugging Face names: open_clip's conv1 / ln_pre / ln_post are patch_embedding /
+    # pre_layrnorm / post_layernorm, ln_1 / ln_2 are layer_norm1 / layer_norm2 (see open_clip.UPSCALE_PRESETS).
+    "all": [
+        r"model\.(?:vision_model\.)?(?:embeddings\.patch_embedding|pre_layrnorm|post_layernorm)",
+        r"model\.(?:vision_model\.)?encoder\.layers\.\d+\.(?:layer_norm1|self_attn|layer_norm2|mlp)",
+    ],
 }
 
 

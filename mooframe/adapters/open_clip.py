@@ -25,6 +25,13 @@ ARCHITECTURES = ("ViT-B-32", "ViT-B-16", "ViT-L-14")
 UPSCALE_PRESETS: dict[str, list[str]] = {
     "mlp": [r"model\.transformer\.resblocks\.\d+\.mlp"],
     "attention_mlp": [r"model\.transformer\.resblocks\.\d+\.mlp", r"model\.transformer\.resblocks\.\d+\.attn"],
+    # The paper's "(All)" (Table 8), from the authors' module list: the stem and head norms and every block's
+    # norms, attention and MLP. Their list also names `ln_attn` (parameterless in these models, never selected)
+    # and the text tower's token_embedding and ln_final, which an image encoder does not hold (docs/pwe-moe.md).
+    "all": [
+        r"model\.(?:conv1|ln_pre|ln_post)",
+        r"model\.transformer\.resblocks\.\d+\.(?:ln_1|attn|ln_attn|ln_2|mlp)",
+    ],
 }
 
 _PREFIXES = ("model.visual.", "visual.")
