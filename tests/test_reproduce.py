@@ -110,7 +110,7 @@ def test_reproduce_smoke_runs_end_to_end_offline_and_reports_the_papers_numbers(
         assert run_value == f"{100 * recorded['accuracy'][index][0]:.1f}"
         assert f"({float(run_value) - float(paper):+.1f})" in cell and recorded["key"]["smoke"] is True
     assert "Experts on every task" in report and "75.3 / " in report  # Table 5's SUN397 expert on SUN397
-    assert (out / "+".join(THREE) / "fronts.png").is_file()
+    assert (out / "+".join(THREE) / "fronts" / "fronts.png").is_file()
     assert (out / "+".join(THREE) / "pwe_moe_ls_all" / "config.json").is_file()  # trained sets saved as runs
     second = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert second.returncode == 0, second.stderr[-3000:]
@@ -177,7 +177,8 @@ def test_reproduce_names_a_missing_checkpoint_in_one_line(tmp_path):
 
 
 def test_reproduce_never_replaces_files_it_did_not_write(tmp_path):
-    from mooframe.reproduce.runner import _run_folder, _write_json
+    from mooframe.reproduce import reproduce
+    from mooframe.reproduce.runner import _write_json
 
     users = tmp_path / "sun397+dtd" / "experts.json"
     users.parent.mkdir()
@@ -185,9 +186,12 @@ def test_reproduce_never_replaces_files_it_did_not_write(tmp_path):
     with pytest.raises(ValueError, match="not written by mooframe reproduce"):
         _write_json(users, {"format": "mooframe-reproduce/1"})
     assert users.read_text() == '{"mine": 1}'
-    (tmp_path / "notes").mkdir()
-    with pytest.raises(ValueError, match="is not a mooframe run"):
-        _run_folder(tmp_path / "notes")
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "thesis.tex").write_text("mine")
+    with pytest.raises(ValueError, match=f"{notes} is a folder mooframe did not write .*thesis.tex"):
+        reproduce("figure5b", out=notes, methods=["experts"], smoke=True, progress=False, log=lambda _: None)
+    assert [p.name for p in notes.iterdir()] == ["thesis.tex"] and (notes / "thesis.tex").read_text() == "mine"
     record = tmp_path / "sun397+dtd" / "ties.json"
     _write_json(record, {"format": "mooframe-reproduce/1", "key": 1})
     _write_json(record, {"format": "mooframe-reproduce/1", "key": 2})  # its own record: replaced

@@ -6,6 +6,7 @@ keyed by its settings: a record with the same settings is reused, one with other
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Callable, Sequence
@@ -14,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from mooframe.atomic import REPRODUCTION, RUN, check_output, claimed_directory
 from mooframe.models.sweeps import best_row
 from mooframe.reproduce.experiments import SMOKE, Run, estimate, evaluation_grid, load_experiment, plan
 from mooframe.result import Front
@@ -46,31 +48,33 @@ def reproduce(
     options = {**experiment["problem"]["kwargs"], **(problem_options or {})}
     if experts is not None and "{task}" not in experts:
         raise ValueError(f"the experts template {experts!r} has no {{task}}; pass e.g. '/ckpt/{{task}}/finetuned.pt'")
-    records: dict[tuple[str, str], dict[str, Any]] = {}  # (task set folder, method) -> record
-    problems: dict[tuple, Any] = {}
-    log(f"{experiment['title']}: {len(runs)} runs into {out}")
-    for run in runs:
-        key = _record_key(run, experiment, options, experts, smoke)
-        path = out / run.folder / f"{run.method}.json"
-        record = _read_record(path)
-        done = record is not None and record["key"] == key
-        grid = evaluation_grid({**experiment, **run.spec}, len(run.tasks), smoke)  # a method may say "equal"
+    claim = contextlib.nullcontext(out) if dry_run else claimed_directory(out, REPRODUCTION)
+    with claim as out:  # new, empty or a reproduction folder, locked while it runs (a dry run writes nothing)
+        records: dict[tuple[str, str], dict[str, Any]] = {}  # (task set folder, method) -> record
+        problems: dict[tuple, Any] = {}
+        log(f"{experiment['title']}: {len(runs)} runs into {out}")
+        for run in runs:
+            key = _record_key(run, experiment, options, experts, smoke)
+            path = out / run.folder / f"{run.method}.json"
+            record = _read_record(path)
+            done = record is not None and record["key"] == key
+            grid = evaluation_grid({**experiment, **run.spec}, len(run.tasks), smoke)  # a method may say "equal"
+            if dry_run:
+                cost = estimate(run, len(run.tasks), len(grid))
+                log(f"  [{'done' if done else 'to run'}] {run.folder} / {run.method}: {cost}")
+                continue
+            if done:
+                log(f"  reused {path}")
+            else:
+                log(f"  running {run.folder} / {run.method}")
+                problem = _problem(problems, experiment, run, options, experts, smoke, device)
+                record = {"format": FORMAT, "key": key, **_execute(run, problem, grid, out, device, progress)}
+                _write_json(path, record)
+            records[run.folder, run.method] = record
         if dry_run:
-            cost = estimate(run, len(run.tasks), len(grid))
-            log(f"  [{'done' if done else 'to run'}] {run.folder} / {run.method}: {cost}")
-            continue
-        if done:
-            log(f"  reused {path}")
-        else:
-            log(f"  running {run.folder} / {run.method}")
-            problem = _problem(problems, experiment, run, options, experts, smoke, device)
-            record = {"format": FORMAT, "key": key, **_execute(run, problem, grid, out, device, progress)}
-            _write_json(path, record)
-        records[run.folder, run.method] = record
-    if dry_run:
-        return None
-    report = out / "report.md"
-    report.write_text(_report(experiment, runs, records, out))
+            return None
+        report = out / "report.md"
+        _write_text(report, _report(experiment, runs, records, out))
     log(f"report written to {report}")
     return report
 
@@ -118,6 +122,7 @@ def _execute(run: Run, problem: Any, grid: np.ndarray, out: Path, device: str, p
         sweep = lambda_sweep(problem, spec["model"], **spec["model_kwargs"])
         front, extra = sweep.front, {"lambdas": sweep.lambdas}
     else:
+        run_folder = check_output(out / run.folder / run.method, RUN)  # before training, not after
         model_kwargs = dict(spec["model_kwargs"])
         if model_kwargs.get("rays") == "equal":  # full fine-tuning at the equal preference: one model
             model_kwargs["rays"] = equal.tolist()
@@ -133,7 +138,7 @@ def _execute(run: Run, problem: Any, grid: np.ndarray, out: Path, device: str, p
             **settings,
         )
         if run.kind == "train":
-            result.save(_run_folder(out / run.folder / run.method))
+            result.save(run_folder)
         front = result.front(grid if run.kind == "train" else equal, progress=progress)
     return {
         "kind": run.kind,
@@ -143,21 +148,6 @@ def _execute(run: Run, problem: Any, grid: np.ndarray, out: Path, device: str, p
         "loss": front.metrics["loss"].tolist(),
         **extra,
     }
-
-
-def _run_folder(path: Path) -> Path:
-    """`path` if it is free or holds a mooframe run (replaced by the new one); ValueError for anything else."""
-    from mooframe.result import CONFIG_FILE
-    from mooframe.result import FORMAT as RUN_FORMAT
-
-    if path.exists():
-        try:
-            ours = json.loads((path / CONFIG_FILE).read_text()).get("format") == RUN_FORMAT
-        except (OSError, ValueError, AttributeError):
-            ours = False
-        if not ours:
-            raise ValueError(f"{path} exists and is not a mooframe run; pass another --out")
-    return path
 
 
 def _read_record(path: Path) -> dict[str, Any] | None:
@@ -174,9 +164,14 @@ def _write_json(path: Path, record: dict[str, Any]) -> None:
     """Write `record` atomically; refuse to replace a file that is not a reproduce record."""
     if path.exists() and _read_record(path) is None:
         raise ValueError(f"{path} exists and was not written by mooframe reproduce; pass another --out")
+    _write_text(path, json.dumps(record, indent=1))
+
+
+def _write_text(path: Path, text: str) -> None:
+    """Write `path` through a staging file renamed into place: it holds the old text or the new, never part."""
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = path.with_name(f".{path.name}.partial")
-    staging.write_text(json.dumps(record, indent=1))
+    staging.write_text(text)
     os.replace(staging, path)
 
 
@@ -242,8 +237,9 @@ def _report(experiment: dict, runs: list[Run], records: dict[tuple[str, str], di
             lines += _experts_table(experiment["paper_experts"], here["experts"], tasks)
         if len(tasks) <= 3 and here:
             fronts = {method: _front(record) for method, record in here.items()}
-            write_report(compare_fronts(fronts), fronts, out / "+".join(tasks), title=", ".join(tasks))
-            lines += ["", f"Fronts of all methods (test error 1 - accuracy): ![fronts]({'+'.join(tasks)}/fronts.png)"]
+            folder = "+".join(tasks)
+            write_report(compare_fronts(fronts), fronts, out / folder / "fronts", title=", ".join(tasks))
+            lines += ["", f"Fronts of all methods (test error 1 - accuracy): ![fronts]({folder}/fronts/fronts.png)"]
     return "\n".join(lines) + "\n"
 
 
