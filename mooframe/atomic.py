@@ -129,7 +129,10 @@ def check_output(path: str | Path, kind: Kind, inputs: Iterable[str | Path] = ()
 
 
 def _check_replaceable(path: Path, kind: Kind, replace: bool) -> None:
-    entries = sorted(p.name + ("/" if p.is_dir() else "") for p in path.iterdir())
+    staged_marker = re.compile(rf"\.{re.escape(kind.marker)}\.[0-9a-f]{{8}}\.partial")  # a killed claim's
+    entries = sorted(
+        p.name + ("/" if p.is_dir() else "") for p in path.iterdir() if not staged_marker.fullmatch(p.name)
+    )
     if not entries:
         return
     found = artifact_kind(path)
@@ -226,8 +229,11 @@ def recover(path: str | Path) -> None:
             os.rename(backup, path)
             _fsync_directory(path.parent)
     for staging in path.parent.glob(f".{_glob_escape(path.name)}.*.partial"):
-        if staging.is_dir() and re.fullmatch(r"[0-9a-f]{8}", staging.name[len(path.name) + 2 : -len(".partial")]):
-            shutil.rmtree(staging)
+        if re.fullmatch(r"[0-9a-f]{8}", staging.name[len(path.name) + 2 : -len(".partial")]):
+            if staging.is_dir():
+                shutil.rmtree(staging)
+            else:
+                staging.unlink()
 
 
 def recover_for_reading(path: str | Path) -> None:
@@ -269,7 +275,7 @@ def staged_directory(
     with locked(path):
         recover(path)
         check_output(path, kind, inputs, replace)
-        staging = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.partial")
+        staging = _staging_name(path)
         staging.mkdir()
         try:
             yield staging
@@ -281,6 +287,29 @@ def staged_directory(
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
+
+
+def _staging_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.partial")
+
+
+def remove_artifact(path: Path) -> None:
+    """Delete the artifact at `path`: renamed to a staging name first, so a kill mid-way leaves no half of it at
+    `path`, only a leftover `recover` removes. Call with the lock of `path` held."""
+    trash = _staging_name(path)
+    os.rename(path, trash)
+    shutil.rmtree(trash)
+
+
+def write_file_atomically(path: Path, text: str) -> None:
+    """Write `text` to `path` through a flushed staging file renamed over it: `path` holds old or new text."""
+    staging = _staging_name(path)
+    with open(staging, "w") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(staging, path)
+    _fsync_directory(path.parent)
 
 
 def _swap_into_place(staging: Path, path: Path) -> None:
@@ -356,7 +385,7 @@ def claimed_directory(path: str | Path, kind: Kind, inputs: Iterable[str | Path]
     with locked(path):
         check_output(path, kind, inputs)
         path.mkdir(parents=True, exist_ok=True)
-        if artifact_kind(path) is None:
-            (path / kind.marker).write_text(marker(kind) + "\n")
         clean_leftovers(path)
+        if artifact_kind(path) is None:
+            write_file_atomically(path / kind.marker, marker(kind) + "\n")
         yield path

@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import json
 import re
-import shutil
 import signal
 import threading
 import time
@@ -34,6 +33,7 @@ from mooframe.atomic import (
     claimed_directory,
     clean_leftovers,
     locked,
+    remove_artifact,
     staged_directory,
 )
 from mooframe.pareto_set import ParetoSetModel
@@ -97,7 +97,8 @@ class TrainingState:
                 (staging / STATE_FILE).write_text(json.dumps(json_state, indent=1))
             for old in checkpoint_folders(directory):
                 if old != target:
-                    shutil.rmtree(old)
+                    with locked(old):
+                        remove_artifact(old)
         return target
 
     def restore(self, path: str | Path) -> Path:
