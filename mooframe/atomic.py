@@ -293,12 +293,14 @@ def _staging_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.partial")
 
 
-def remove_artifact(path: Path) -> None:
-    """Delete the artifact at `path`: renamed to a staging name first, so a kill mid-way leaves no half of it at
-    `path`, only a leftover `recover` removes. Call with the lock of `path` held."""
-    trash = _staging_name(path)
-    os.rename(path, trash)
-    shutil.rmtree(trash)
+def remove_artifact(path: str | Path) -> None:
+    """Remove the artifact at `path` all at once: renamed to a staging name first (which `recover` cleans), so
+    a crash mid-removal never leaves a half-deleted folder at `path`. Call with the lock of `path` held."""
+    path = Path(path)
+    doomed = _staging_name(path)
+    os.rename(path, doomed)
+    _fsync_directory(path.parent)
+    shutil.rmtree(doomed)
 
 
 def write_file_atomically(path: Path, text: str) -> None:

@@ -150,20 +150,17 @@ def _solve(args: argparse.Namespace, checkpoint_dir: str | Path) -> ParetoSetRes
 
 
 def _cmd_select(args: argparse.Namespace) -> None:
-    from mooframe.result import ParetoSetResult
-
-    result = ParetoSetResult.load(args.run_dir, device=args.device, **_run_reading_options(args))
+    result = _loaded(args.run_dir, args)
     selection = result.select(args.rule, n=args.n, refine=args.refine, max_preferences=args.max_preferences)
     print(selection.summary(args.runners_up))
 
 
 def _cmd_export(args: argparse.Namespace) -> None:
     from mooframe.atomic import EXPORT, check_output
-    from mooframe.result import ParetoSetResult
     from mooframe.selection import parse_vector
 
     check_output(args.out, EXPORT, inputs=[args.run_dir], replace=args.force)  # before evaluating anything
-    result = ParetoSetResult.load(args.run_dir, device=args.device, **_run_reading_options(args))
+    result = _loaded(args.run_dir, args)
     if args.select is not None:
         target = result.select(args.select, n=args.n, refine=args.refine, max_preferences=args.max_preferences)
         print(target.summary(args.runners_up))
@@ -193,6 +190,24 @@ def _add_run_reading_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _loaded(path: str | Path, args: argparse.Namespace) -> Any:
+    """The run at `path` on `--device`, its problem loading with `--workers` and evaluating under `--autocast`."""
+    from mooframe.result import ParetoSetResult
+
+    result = ParetoSetResult.load(path, device=args.device, **_run_reading_options(args))
+    if hasattr(result.problem, "workers"):
+        result.problem.workers, result.problem.eval_autocast = args.workers, args.autocast
+    return result
+
+
+def _add_evaluation_options(parser: argparse.ArgumentParser) -> None:
+    """Options of the commands that evaluate runs: where, with how many loader processes, at what precision."""
+    parser.add_argument("--device", type=device, default="cpu", help="where to evaluate, e.g. cuda (default cpu)")
+    parser.add_argument("--workers", type=count, help="data loader processes (default: a share of the cores)")
+    parser.add_argument("--autocast", choices=["bfloat16", "float16"], help="evaluate under autocast (CUDA)")
+    _add_run_reading_options(parser)
+
+
 def _add_selection_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--n",
@@ -207,14 +222,12 @@ def _add_selection_options(parser: argparse.ArgumentParser) -> None:
         help="then evaluate K-1 more preferences between the choice and each grid neighbour and choose again",
     )
     parser.add_argument("--runners-up", type=count, default=3, help="how many runners-up to print")
-    parser.add_argument("--device", type=device, default="cpu")
-    _add_run_reading_options(parser)
+    _add_evaluation_options(parser)
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:
     from mooframe.atomic import REPORT, check_output
     from mooframe.report import compare_fronts, evaluation_preferences, write_report
-    from mooframe.result import ParetoSetResult
 
     paths = [Path(run) for run in args.runs]
     if len(set(paths)) != len(paths):
@@ -222,8 +235,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
     out = check_output(args.out, REPORT, inputs=paths)  # before evaluating anything
     # label runs by folder name where those are unique, else by the path given
     labels = [p.name for p in paths] if len({p.name for p in paths}) == len(paths) else [str(p) for p in paths]
-    options = _run_reading_options(args)
-    results = {label: ParetoSetResult.load(path, **options) for label, path in zip(labels, paths, strict=True)}
+    results = {label: _loaded(path, args) for label, path in zip(labels, paths, strict=True)}
     problems = {label: result.problem.spec() for label, result in results.items()}
     first = labels[0]
     for label, spec in problems.items():
@@ -242,8 +254,19 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
 def _cmd_demo(args: argparse.Namespace) -> None:
     from mooframe.demo import run_demo
 
-    report = run_demo(args.out, steps=args.steps, seed=args.seed, progress=not args.quiet, workers=args.workers)
+    report = run_demo(
+        args.out, steps=args.steps, seed=args.seed, progress=not args.quiet, workers=args.workers, device=args.device
+    )
     print(f"report written to {report}")
+
+
+def _cmd_reproduce(args: argparse.Namespace) -> None:
+    from mooframe.reproduce import reproduce
+
+    methods = [m for m in args.methods.split(",") if m] if args.methods else None
+    options = parse_options(args.problem_option)
+    reproduce(args.experiment, args.out, methods, args.smoke, args.dry_run, args.device, options, args.experts,
+              progress=not args.quiet)  # fmt: skip
 
 
 def _cmd_list(args: argparse.Namespace) -> None:
@@ -327,7 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--ref", type=finite_float, nargs="+", help="hypervolume reference point (default: nadir of all fronts + 10%%)"
     )
     evaluate.add_argument("--quiet", action="store_true", help="no progress bar")
-    _add_run_reading_options(evaluate)
+    _add_evaluation_options(evaluate)
     evaluate.set_defaults(run=_cmd_evaluate)
 
     demo = commands.add_parser("demo", help="PWE-MoE vs merging baselines on multi-task digits: report and plots")
@@ -341,7 +364,24 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=count, default=0)
     demo.add_argument("--workers", type=positive_int, help="processes running the methods (default: one per CPU core)")
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
+    demo.add_argument(
+        "--device", type=device, default="cpu", help="where each method trains and is evaluated (default cpu)"
+    )
     demo.set_defaults(run=_cmd_demo)
+
+    from mooframe.reproduce.experiments import experiment_names
+
+    reproduce = commands.add_parser("reproduce", help="run one of the PWE-MoE paper's experiments and report")
+    reproduce.add_argument("experiment", choices=experiment_names(), help="the paper's table or figure")
+    reproduce.add_argument("--out", help="folder for runs and report (default runs/reproduce/EXPERIMENT[-smoke])")
+    reproduce.add_argument("--methods", help="comma-separated methods of the experiment (default: all)")
+    reproduce.add_argument("--dry-run", action="store_true", help="list the runs, done or not, and their cost")
+    reproduce.add_argument("--smoke", action="store_true", help="every step on a few examples (a quick check)")
+    reproduce.add_argument("--device", default="cpu")
+    reproduce.add_argument("--problem-option", action="append", metavar="KEY=VALUE", help="override a problem option")
+    reproduce.add_argument("--experts", metavar="TEMPLATE", help="expert path per task, with {task} (e.g. open_clip)")
+    reproduce.add_argument("--quiet", action="store_true", help="no progress bars")
+    reproduce.set_defaults(run=_cmd_reproduce)
 
     listing = commands.add_parser("list", help="print the registered problems, models and solvers")
     listing.set_defaults(run=_cmd_list)

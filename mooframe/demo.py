@@ -2,7 +2,8 @@
 
 On 2 and 3 of the digits tasks it trains PWE-MoE with linear scalarization and with EPO, and Pareto Merging with
 smooth Tchebycheff (with its base merge alone beside it), evaluates them beside
-preference-weighted task arithmetic, TIES, the individual experts and one LS fine-tuned model per ray (K = 5),
+preference-weighted task arithmetic, TIES, the paper's single-model baselines (weight averaging, Fisher merging,
+RegMean: one point each), the individual experts and one LS fine-tuned model per ray (K = 5),
 and writes report.md with HV, accuracies at the unit and equal preferences, trainable parameters, wall time
 and peak memory per method, and a plot of the fronts per task count.
 """
@@ -24,8 +25,10 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from mooframe.atomic import DEMO, check_output, marker, staged_directory
+from mooframe.models.baselines import FixedMerge
 from mooframe.models.pwe_moe import PWEMoE
 from mooframe.pareto_set import FunctionalModel
+from mooframe.preferences import equal_preference
 from mooframe.problem import MergingProblem
 from mooframe.problems.digits import DEFAULT_TASKS, MultiTaskDigits, torch_threads
 from mooframe.report import compare_fronts, evaluation_preferences, write_report
@@ -39,6 +42,9 @@ METHODS: dict[str, tuple[str, str, dict[str, Any], dict[str, Any]]] = {
     "PWE-MoE (EPO)": ("pwe_moe", "epo", {"upscale": "attention_mlp"}, {}),
     "task arithmetic": ("task_arithmetic", "ls", {}, {"steps": 0}),
     "TIES": ("ties", "ls", {}, {"steps": 0}),
+    "weight averaging": ("weight_average", "ls", {}, {"steps": 0}),
+    "Fisher merging": ("fisher_merging", "ls", {}, {"steps": 0}),
+    "RegMean": ("regmean", "ls", {}, {"steps": 0}),
     "per-ray LS (K=5)": ("per_ray", "ls", {"rays": 5}, {"lr": 1e-3}),
     "Pareto Merging (STCH)": ("pareto_merging", "smooth_tchebycheff", {"rank": 4}, {}),
     "Pareto Merging base merge": ("pareto_merging", "ls", {"rank": 0}, {"steps": 0}),
@@ -83,6 +89,7 @@ def run_method(
     steps: int,
     seed: int = 0,
     progress: bool = True,
+    device: str = "cpu",
 ) -> MethodRun:
     """Train one method of `METHODS` form (model, solver, model kwargs, solve kwargs) and evaluate its front."""
     model, solver, model_kwargs, solve_kwargs = spec
@@ -98,11 +105,14 @@ def run_method(
             seed=seed,
             alpha=ALPHA,
             progress=progress,
+            device=device,
             model_kwargs=model_kwargs,
             **{"steps": steps, "lr": 1e-2, **solve_kwargs},
         )
         trained = time.perf_counter()
-        front = result.front(prefs, progress=progress)
+        # a single merged model (weight averaging, Fisher, RegMean) is the same at every preference: one point
+        single = isinstance(result.model, FixedMerge)
+        front = result.front(equal_preference(problem.n_objectives)[None] if single else prefs, progress=progress)
     evaluated = time.perf_counter()
     trainable = sum(p.numel() for p in result.model.trainable_parameters())
     interior = prefs[np.all(prefs > 0, axis=1)]  # the only preferences the ray deviation reads
@@ -151,14 +161,16 @@ def run_demo(
     progress: bool = True,
     methods: Mapping[str, tuple[str, str, dict[str, Any], dict[str, Any]]] = METHODS,
     workers: int | None = None,
+    device: str = "cpu",
 ) -> Path:
     """Build the problem, run `methods` on 2 and 3 tasks, write `out`/report.md (+ plots); return its path.
 
     Each trained method runs `steps` steps per dimension of the preference simplex (T - 1): the routers see as
     many preferences per direction of it on 3 tasks as on 2 (with 1000 steps on 3 tasks, PWE-MoE (LS) reached only
     0.88 of expert 1's gain at e_1; docs/benchmarks.md). The methods run in `workers` processes of one thread each
-    (default: one per CPU core, at most one per method); each is timed and measured in its own process.
-    `out` must be new, empty or a demo report mooframe wrote (checked first); it is replaced atomically at the end.
+    (default: one per CPU core, at most one per method); each is timed and measured in its own process, and
+    trains and is evaluated on `device`. `out` must be new, empty or a demo report mooframe wrote (checked first);
+    it is replaced atomically at the end.
     """
     out = check_output(out, DEMO)  # before an hour of training, not after
     problems = {  # built (or read from the cache) here, once, before the workers read it
@@ -166,7 +178,7 @@ def run_demo(
         for folder, n in TASK_COUNTS.items()
     }
     work = [  # the longest first
-        (folder, label, n_tasks, seed, spec, steps)
+        (folder, label, n_tasks, seed, spec, steps, device)
         for folder, n_tasks in reversed(TASK_COUNTS.items())
         for label, spec in methods.items()
     ]
@@ -205,13 +217,13 @@ def run_demo(
     return out / "report.md"
 
 
-def _run_job(job: tuple[str, str, int, int, tuple, int]) -> tuple[str, str, MethodRun]:
+def _run_job(job: tuple[str, str, int, int, tuple, int, str]) -> tuple[str, str, MethodRun]:
     """One method on the first n_tasks digits tasks, `steps` per simplex dimension, in a worker process (its
     trained set is not sent back)."""
-    folder, label, n_tasks, seed, spec, steps = job
+    folder, label, n_tasks, seed, spec, steps, device = job
     problem = MultiTaskDigits(tasks=DEFAULT_TASKS[:n_tasks], seed=seed, progress=False)
     with torch_threads(1):
-        run = run_method(problem, spec, steps * (n_tasks - 1), seed, progress=False)
+        run = run_method(problem, spec, steps * (n_tasks - 1), seed, progress=False, device=device)
     return folder, label, replace(run, result=None)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -12,9 +13,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import Dataset, TensorDataset, default_collate
+from torch.utils.data import Dataset
+from tqdm.auto import tqdm
 
-from mooframe import distributed
+from mooframe.data import TrainingBatches, ordered_batches, to_device
 from mooframe.params import get_params
 
 
@@ -68,6 +70,11 @@ class Problem(ABC):
             values = self.losses(solution, next(iter(self.batches(np.random.default_rng(0)))))
         return Evaluation(objectives=values.detach().double().cpu().numpy())
 
+    def evaluate_many(self, solutions: Sequence[Any], progress: bool = False) -> list[Evaluation]:
+        """`[self.evaluate(s) for s in solutions]`; problems with data override it to read each example once for
+        all the solutions (and show their progress, in examples per second, when `progress`)."""
+        return [self.evaluate(solution) for solution in solutions]
+
     def true_front(self, n_points: int = 1000) -> np.ndarray | None:
         """Points on the true Pareto front, shape (n, T), when it is known; otherwise None."""
         return None
@@ -107,7 +114,14 @@ class MergingProblem(Problem):
         eval_batch_size: examples per forward pass in `evaluate`.
         upscale_presets: named lists of regular expressions that select the up-scalable modules by name
             (e.g. {"mlp": [...], "attention_mlp": [...]}); supplied by the model family's adapter.
+
+    Loading (attributes, not constructor arguments: they change how fast, never what is computed):
+    `workers` DataLoader processes for data not held in memory (None: `mooframe.data.default_workers`);
+    `eval_autocast` "bfloat16" or "float16" runs `evaluate` under `torch.autocast` on CUDA (None: as trained).
     """
+
+    workers: int | None = None
+    eval_autocast: str | None = None
 
     def __init__(
         self,
@@ -167,16 +181,16 @@ class MergingProblem(Problem):
         self.expert_states = [{k: v.to(self.device) for k, v in s.items()} for s in self.expert_states]
         return self
 
-    def batches(self, rng: np.random.Generator) -> Iterator[list[tuple[Any, torch.Tensor]]]:
+    def batches(self, rng: np.random.Generator) -> TrainingBatches:
         """Each step: one shuffled batch of `batch_size` examples per task, reshuffled every epoch; under
-        torch.distributed this rank's contiguous share of it, the only examples the rank loads."""
-        streams = [_endless_batches(data, self.batch_size, rng) for data in self.train_data]
-        while True:
-            yield [next(stream) for stream in streams]
+        torch.distributed this rank's contiguous share of it, the only examples the rank loads. Data not in memory
+        is loaded by `workers` DataLoader processes ahead of the step (pinned on CUDA); the stream's `skip(n)`
+        resumes at step n without loading the steps before it (see `mooframe.data`)."""
+        return TrainingBatches(self.train_data, self.batch_size, rng, self.workers, self.device.type == "cuda")
 
     def logits(self, solution: Callable[..., torch.Tensor], task: int, inputs: Any) -> torch.Tensor:
         """Task `task`'s logits for `inputs` under the backbone `solution`."""
-        inputs = _to_device(inputs, self.device)
+        inputs = to_device(inputs, self.device)
         features = solution(**inputs) if isinstance(inputs, Mapping) else solution(inputs)
         return self.heads[task](features)
 
@@ -194,18 +208,49 @@ class MergingProblem(Problem):
 
     def evaluate(self, solution: Callable[..., torch.Tensor]) -> Evaluation:
         """Per-task accuracy and cross-entropy on the test data; the objectives are the errors 1 - accuracy."""
-        accuracy, loss = np.zeros(self.n_objectives), np.zeros(self.n_objectives)
-        with torch.no_grad():
-            for task, data in enumerate(self.test_data):
-                correct, total, loss_sum = 0, 0, 0.0
-                for inputs, labels in _ordered_batches(data, self.eval_batch_size):
-                    logits = self.logits(solution, task, inputs)
-                    labels = labels.to(self.device)
-                    correct += int((logits.argmax(-1) == labels).sum())
-                    loss_sum += float(F.cross_entropy(logits, labels, reduction="sum"))
-                    total += labels.numel()
-                accuracy[task], loss[task] = correct / total, loss_sum / total
-        return Evaluation(objectives=1.0 - accuracy, metrics={"accuracy": accuracy, "loss": loss})
+        return self.evaluate_many([solution])[0]
+
+    def evaluate_many(
+        self, solutions: Sequence[Callable[..., torch.Tensor]], progress: bool = False
+    ) -> list[Evaluation]:
+        """`evaluate` of each solution, reading and decoding each test example once: every test batch is scored by
+        all the solutions in turn. The counts are summed on the device and read once at the end."""
+        n, n_tasks = len(solutions), self.n_objectives
+        bar = tqdm(
+            total=sum(len(data) for data in self.test_data),
+            desc=f"evaluate x{n}",
+            unit="img",
+            unit_scale=True,
+            disable=not progress,
+            dynamic_ncols=True,
+        )
+        correct = torch.zeros((n, n_tasks), dtype=torch.long, device=self.device)
+        loss_sum = torch.zeros((n, n_tasks), dtype=torch.float64, device=self.device)
+        batches = ordered_batches(self.test_data, self.eval_batch_size, self.workers, self.device.type == "cuda")
+        with torch.no_grad(), self._evaluation_autocast(), bar:
+            for task, (inputs, labels) in batches:
+                inputs, labels = to_device(inputs, self.device), to_device(labels, self.device)
+                for k, solution in enumerate(solutions):
+                    logits = self.logits(solution, task, inputs).float()
+                    correct[k, task] += (logits.argmax(-1) == labels).sum()
+                    loss_sum[k, task] += F.cross_entropy(logits, labels, reduction="sum").double()
+                bar.update(len(labels))
+        sizes = np.array([len(data) for data in self.test_data])
+        accuracy, loss = correct.cpu().numpy() / sizes, loss_sum.cpu().numpy() / sizes
+        return [
+            Evaluation(objectives=1.0 - accuracy[k], metrics={"accuracy": accuracy[k], "loss": loss[k]})
+            for k in range(n)
+        ]
+
+    def _evaluation_autocast(self) -> contextlib.AbstractContextManager:
+        if self.eval_autocast is None:
+            return contextlib.nullcontext()
+        dtypes = {"bfloat16": torch.bfloat16, "float16": torch.float16}
+        if self.eval_autocast not in dtypes:
+            raise ValueError(f"eval_autocast must be None, 'bfloat16' or 'float16', got {self.eval_autocast!r}")
+        if self.device.type != "cuda":
+            return contextlib.nullcontext()  # autocast to half precision is a GPU speed-up; CPU evaluates as trained
+        return torch.autocast("cuda", dtype=dtypes[self.eval_autocast])
 
 
 def prediction_entropy(logits: torch.Tensor) -> torch.Tensor:
@@ -260,30 +305,3 @@ def _checked_expert_state(
                 f"the pretrained model's has {tuple(reference.shape)}"
             )
     return {name: state[name].detach().to(reference) for name, reference in pretrained.named_parameters()}
-
-
-def _collate(data: Dataset, indices: torch.Tensor) -> Any:
-    if isinstance(data, TensorDataset):
-        return tuple(t[indices] for t in data.tensors)
-    return default_collate([data[i] for i in indices.tolist()])
-
-
-def _endless_batches(data: Dataset, batch_size: int, rng: np.random.Generator) -> Iterator[Any]:
-    generator = torch.Generator().manual_seed(int(rng.integers(2**63 - 1)))
-    while True:
-        order = torch.randperm(len(data), generator=generator)
-        for start in range(0, len(order) - batch_size + 1, batch_size):
-            yield _collate(data, distributed.shard(order[start : start + batch_size]))
-        if len(order) < batch_size:
-            yield _collate(data, distributed.shard(order))
-
-
-def _ordered_batches(data: Dataset, batch_size: int) -> Iterator[Any]:
-    for start in range(0, len(data), batch_size):
-        yield _collate(data, torch.arange(start, min(start + batch_size, len(data))))
-
-
-def _to_device(inputs: Any, device: torch.device) -> Any:
-    if isinstance(inputs, Mapping):
-        return {key: value.to(device) for key, value in inputs.items()}
-    return inputs.to(device)

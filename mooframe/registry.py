@@ -37,6 +37,10 @@ MODELS: dict[str, str] = {
     "ties": "mooframe.models.task_arithmetic:PreferenceTIES",
     "per_ray": "mooframe.models.per_ray:PerRayModels",
     "pareto_merging": "mooframe.models.pareto_merging:ParetoMerging",
+    "pretrained": "mooframe.models.baselines:Pretrained",
+    "weight_average": "mooframe.models.baselines:WeightAveraging",
+    "fisher_merging": "mooframe.models.baselines:FisherMerging",
+    "regmean": "mooframe.models.baselines:RegMean",
 }
 
 SOLVERS: dict[str, str] = {

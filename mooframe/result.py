@@ -18,9 +18,10 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from mooframe.atomic import EXPORT, RUN, check_output, recover_for_reading, staged_directory
+from mooframe.data import solutions_per_pass
 from mooframe.pareto_set import ParetoSetModel
 from mooframe.preferences import PreferenceLike, check_preference, uniform_grid
-from mooframe.problem import Problem
+from mooframe.problem import Evaluation, Problem
 from mooframe.solver import Solver
 
 if TYPE_CHECKING:
@@ -82,23 +83,50 @@ class ParetoSetResult:
         return self.model.materialize(pref)
 
     def front(
-        self, prefs: Sequence[PreferenceLike] | np.ndarray | None = None, n: int = 11, progress: bool = False
+        self,
+        prefs: Sequence[PreferenceLike] | np.ndarray | None = None,
+        n: int = 11,
+        progress: bool = False,
+        device: str | torch.device | None = None,
+        chunk: int | None = None,
     ) -> Front:
-        """Evaluate the set at `prefs`, or at the uniform grid with `n` points per simplex edge."""
+        """Evaluate the set at `prefs`, or at the uniform grid with `n` points per simplex edge.
+
+        The preferences are evaluated `chunk` at a time by `problem.evaluate_many`: a merging problem reads and
+        decodes each test example once per chunk and scores it under the chunk's K materialized models in turn.
+        Default chunk: all the preferences, or as many models as fit in half the device's free memory. `device`
+        first moves the problem and the model there (they stay there).
+        """
         grid = uniform_grid(self.n_objectives, n) if prefs is None else np.asarray(prefs, dtype=float)
         for pref in grid:  # validate all before evaluating any; keep the float64 values for the front
             check_preference(pref, self.n_objectives)
-        objectives, metrics = [], {}
-        for pref in tqdm(grid, desc="front", disable=not progress):
-            evaluation = self.problem.evaluate(self.model_at(pref))
-            objectives.append(evaluation.objectives)
-            for name, values in evaluation.metrics.items():
-                metrics.setdefault(name, []).append(values)
+        if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1):
+            raise ValueError(
+                f"chunk must be a number of preferences >= 1 per pass (or None: fit memory), got {chunk!r}"
+            )
+        if device is not None:
+            self.problem.to(device)
+            self.model.to(device)
+        evaluations: list[Evaluation] = []
+        bar = tqdm(total=len(grid), desc="front", unit="pref", disable=not progress, dynamic_ncols=True)
+        with bar:
+            while len(evaluations) < len(grid):
+                start = len(evaluations)
+                solutions = [self.model_at(grid[start])]
+                if chunk is None:
+                    chunk = solutions_per_pass(solutions[0], len(grid), self.model.device)
+                solutions += [self.model_at(pref) for pref in grid[start + 1 : start + chunk]]
+                evaluations += self.problem.evaluate_many(solutions, progress=progress)
+                del solutions
+                bar.update(len(evaluations) - start)
+        metrics = {
+            name: np.asarray([e.metrics[name] for e in evaluations], dtype=float) for name in evaluations[0].metrics
+        }
         return Front(
             prefs=grid,
-            objectives=np.asarray(objectives, dtype=float),
+            objectives=np.asarray([e.objectives for e in evaluations], dtype=float),
             objective_names=list(self.problem.objective_names),
-            metrics={name: np.asarray(values, dtype=float) for name, values in metrics.items()},
+            metrics=metrics,
         )
 
     def save(self, directory: str | Path, inputs: Sequence[str | Path] = ()) -> Path:

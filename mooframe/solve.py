@@ -7,7 +7,6 @@ Each step draws one preference r ~ Dirichlet(alpha), builds the solution for r o
 from __future__ import annotations
 
 import functools
-import itertools
 import logging
 import math
 import time
@@ -22,6 +21,7 @@ from tqdm.auto import tqdm
 from mooframe import distributed
 from mooframe.atomic import CHECKPOINTS, check_output
 from mooframe.checkpoint import Interrupted, TrainingState, checkpoint_directory, guarded_training
+from mooframe.data import resumed
 from mooframe.pareto_set import ParetoSetModel
 from mooframe.preferences import sample_preferences
 from mooframe.problem import Problem
@@ -136,7 +136,7 @@ def solve(
     if resume is not None:
         restored = state.restore(resume)
         logger.info("resumed from %s at step %d", restored, state.step)
-    batches = itertools.islice(problem.batches(np.random.default_rng([seed, 1])), state.step, None)
+    batches = resumed(problem.batches(np.random.default_rng([seed, 1])), state.step)  # skips without loading
     start = time.perf_counter()
     bar = tqdm(
         range(state.step, steps), desc="solve", disable=not (progress and distributed.is_writer()), dynamic_ncols=True

@@ -115,3 +115,18 @@ def test_demo_command_passes_its_options(monkeypatch, tmp_path, capsys):
     assert main(["demo", "--out", "somewhere", "--steps", "7", "--seed", "3", "--quiet", "--workers", "1"]) == 0
     assert calls == [("somewhere", {"steps": 7, "seed": 3, "progress": False, "workers": 1})]
     assert f"report written to {tmp_path}" in capsys.readouterr().out
+
+
+def test_demo_baselines_are_single_points_of_the_papers_merges(digits_cache):
+    from mooframe.demo import run_method
+    from mooframe.merging import weight_average
+    from mooframe.pareto_set import FunctionalModel
+
+    problem = MultiTaskDigits(tasks=DEFAULT_TASKS[:2])
+    runs = {label: run_method(problem, METHODS[label], steps=0) for label in ("weight averaging", "RegMean")}
+    for run in runs.values():
+        np.testing.assert_allclose(run.front.prefs, [[0.5, 0.5]])
+        assert run.trainable_parameters == 0
+    average = problem.evaluate(FunctionalModel(problem.pretrained, weight_average(problem.expert_states)))
+    np.testing.assert_allclose(runs["weight averaging"].front.objectives[0], average.objectives)
+    assert not np.allclose(runs["RegMean"].front.objectives[0], average.objectives)  # its own merge, not the mean

@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from mooframe.adapters import Backbone
-from mooframe.adapters.zero_shot import TextEncoder
+from mooframe.adapters.zero_shot import TextEncoder, tensor_fingerprint
 
 #: The architectures of the paper's CLIP experiments (open_clip names).
 ARCHITECTURES = ("ViT-B-32", "ViT-B-16", "ViT-L-14")
@@ -25,6 +25,13 @@ ARCHITECTURES = ("ViT-B-32", "ViT-B-16", "ViT-L-14")
 UPSCALE_PRESETS: dict[str, list[str]] = {
     "mlp": [r"model\.transformer\.resblocks\.\d+\.mlp"],
     "attention_mlp": [r"model\.transformer\.resblocks\.\d+\.mlp", r"model\.transformer\.resblocks\.\d+\.attn"],
+    # The paper's "(All)" (Table 8), from the authors' module list: the stem and head norms and every block's
+    # norms, attention and MLP. Their list also names `ln_attn` (parameterless in these models, never selected)
+    # and the text tower's token_embedding and ln_final, which an image encoder does not hold (docs/pwe-moe.md).
+    "all": [
+        r"model\.(?:conv1|ln_pre|ln_post)",
+        r"model\.transformer\.resblocks\.\d+\.(?:ln_1|attn|ln_attn|ln_2|mlp)",
+    ],
 }
 
 _PREFIXES = ("model.visual.", "visual.")
@@ -73,6 +80,12 @@ def load_backbone(model: str, pretrained: str | None = None) -> OpenCLIPVisionBa
     return OpenCLIPVisionBackbone(load_clip(model, pretrained).visual)
 
 
+def text_fingerprint(clip: nn.Module) -> str:
+    """`tensor_fingerprint` of everything in a loaded open_clip model but its image encoder: what the zero-shot
+    heads depend on (text tower, text projection, logit scale)."""
+    return tensor_fingerprint((k, v) for k, v in clip.state_dict().items() if not k.startswith("visual."))
+
+
 def load_expert_state(path: str | Path) -> dict[str, torch.Tensor]:
     """An expert's image-encoder state dict from `path`, keyed like the backbone's parameters (`model.<name>`)."""
     path = Path(path)
@@ -102,9 +115,12 @@ def load_expert_state(path: str | Path) -> dict[str, torch.Tensor]:
     return visual
 
 
-def text_tower(model: str, pretrained: str | None = None) -> tuple[TextEncoder, None, float]:
-    """(encode_text, None, logit scale): the image encoder already applies the visual projection."""
-    clip = load_clip(model, pretrained)
+def text_tower(
+    model: str, pretrained: str | None = None, clip: nn.Module | None = None
+) -> tuple[TextEncoder, None, float]:
+    """(encode_text, None, logit scale): the image encoder already applies the visual projection. `clip`: the
+    already loaded `load_clip(model, pretrained)`, not loaded again."""
+    clip = load_clip(model, pretrained) if clip is None else clip
     tokenizer = open_clip.get_tokenizer(model)
 
     def encode_text(texts: list[str]) -> torch.Tensor:

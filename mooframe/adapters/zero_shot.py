@@ -6,7 +6,7 @@ import hashlib
 import json
 import os
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import torch
@@ -68,13 +68,16 @@ def cached_zero_shot_head(
     templates: Sequence[str],
     text_tower: Callable[[], tuple[TextEncoder, torch.Tensor | None, float]],
     cache_dir: str | Path | None = None,
+    content: str | None = None,
 ) -> ZeroShotHead:
     """The zero-shot head of `task` for the model `model_key`, read from the cache or built and written there.
 
     `text_tower()` is called only on a cache miss and returns (encode_text, visual projection or None, logit scale).
-    The cache file records the class names and templates it was built from and is rebuilt when they change.
+    The cache file records the class names, the templates and `content` (a fingerprint of the weights the head
+    depends on, e.g. `tensor_fingerprint` of the text tower and projections) and is rebuilt when any changes:
+    a different checkpoint under the same id never reuses the old heads.
     """
-    fingerprint = hashlib.sha256(json.dumps([list(class_names), list(templates)]).encode()).hexdigest()
+    fingerprint = hashlib.sha256(json.dumps([list(class_names), list(templates), content]).encode()).hexdigest()
     path = Path(cache_dir or default_cache_dir()) / _safe_name(model_key) / f"{_safe_name(task)}.safetensors"
     if path.is_file():
         with safe_open(str(path), framework="pt") as handle:
@@ -89,6 +92,15 @@ def cached_zero_shot_head(
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(path), metadata={"fingerprint": fingerprint, "model": model_key, "task": task})
     return head
+
+
+def tensor_fingerprint(tensors: Iterable[tuple[str, torch.Tensor]]) -> str:
+    """SHA-256 of named tensors (names, dtypes, shapes and bytes), in the order given."""
+    digest = hashlib.sha256()
+    for name, tensor in tensors:
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def _safe_name(key: str) -> str:

@@ -6,6 +6,7 @@ head built from its class names and prompt templates (shipped in data/image_task
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable, Sequence
 from functools import cache, partial
@@ -19,6 +20,7 @@ from torchvision import transforms
 
 from mooframe.adapters import Backbone
 from mooframe.adapters.zero_shot import cached_zero_shot_head
+from mooframe.data import decoded_cache
 from mooframe.problems.pretrained import PretrainedMergingProblem, check_precision, first, load_hf_dataset, per_task
 
 SAVED_DATASET_FILES = ("dataset_dict.json", "state.json")
@@ -50,6 +52,10 @@ class CLIPImageClassification(PretrainedMergingProblem):
         max_train_examples, max_test_examples: use only the first examples of each split (None: all).
         head_cache: folder of cached zero-shot heads (default ~/.cache/mooframe/zero_shot_heads).
         precision: "float32", "bfloat16" or "float16" for the frozen parts.
+        decoded_cache: keep each split's preprocessed images (uint8 at the model's resolution) in a memory-mapped
+            file under $MOOFRAME_CACHE/decoded (`mooframe.data.decoded_cache`), written once by DataLoader workers
+            and read by training and evaluation without decoding again; keyed by dataset revision, split,
+            transform and example limit. The tensors are identical to those decoded on the fly.
         objective, batch_size, eval_batch_size: as in MergingProblem.
     """
 
@@ -72,7 +78,9 @@ class CLIPImageClassification(PretrainedMergingProblem):
         objective: str = "cross_entropy",
         batch_size: int = 16,
         eval_batch_size: int = 256,
+        decoded_cache: bool = False,
     ) -> None:
+        self.decoded_cache = decoded_cache
         self.tasks, self.model, self.family, self.pretrained_weights = list(tasks), model, family, pretrained_weights
         self.experts = None if experts is None else list(experts)
         self.data = None if data is None else list(data)
@@ -85,21 +93,21 @@ class CLIPImageClassification(PretrainedMergingProblem):
         check_precision(precision)
         sources = per_task(experts, self.tasks, "expert checkpoints")
         data_sources = per_task(data, self.tasks, "data sources (folders, or None for the cache)")
-        pretrained, expert_models, text_tower, presets = load_clip_family(
+        pretrained, expert_models, text_tower, presets, content = load_clip_family(
             family, model, pretrained_weights, sources, self.tasks
         )
         model_key = f"{family}:{model}:{pretrained_weights}"
         heads = [
             cached_zero_shot_head(
-                model_key, t, image_tasks()[t]["class_names"], image_tasks()[t]["templates"], text_tower, head_cache
+                model_key, t, image_tasks()[t]["class_names"], image_tasks()[t]["templates"], text_tower, head_cache,
+                content=content,
             )
             for t in self.tasks
-        ]
-        transform = clip_transform(pretrained.image_size)
+        ]  # fmt: skip
         train, test = [], []
         for task, source in zip(self.tasks, data_sources, strict=True):
-            train.append(first(image_dataset(task, source, train_split, transform), max_train_examples))
-            test.append(first(image_dataset(task, source, test_split, transform), max_test_examples))
+            for out, split, limit in ((train, train_split, max_train_examples), (test, test_split, max_test_examples)):
+                out.append(task_images(task, source, split, limit, pretrained.image_size, decoded_cache))
         super().__init__(
             pretrained,
             expert_models,
@@ -115,10 +123,24 @@ class CLIPImageClassification(PretrainedMergingProblem):
         self.set_precision(precision)
 
 
+def task_images(
+    task: str, source: str | None, split: str, limit: int | None, image_size: int, cached: bool = False
+) -> Dataset:
+    """The first `limit` examples of `task`'s `split`, CLIP-preprocessed to `image_size`: decoded on the fly, or
+    with `cached` from the decoded cache (built on first use)."""
+    if not cached:
+        return first(image_dataset(task, source, split, clip_transform(image_size)), limit)
+    decode = clip_decode(image_size)
+    images = image_dataset(task, source, split, decode)
+    key = {"task": task, "split": split, "revision": images.revision, "transform": repr(decode), "limit": limit}
+    return decoded_cache(first(images, limit), key, normalize_pixels)
+
+
 def load_clip_family(
     family: str, model: str, pretrained_weights: str | None, experts: list[str | None], tasks: list[str]
-) -> tuple[Backbone, list[Any], Callable[[], tuple], dict[str, list[str]]]:
-    """(pretrained backbone, experts, text-tower loader for the heads, up-scaling presets) of a CLIP family."""
+) -> tuple[Backbone, list[Any], Callable[[], tuple], dict[str, list[str]], str]:
+    """(pretrained backbone, experts, text-tower loader for the heads, up-scaling presets, fingerprint of the
+    weights the heads depend on) of a CLIP family."""
     if family == "hf_clip":
         from mooframe.adapters import hf_clip
 
@@ -126,39 +148,61 @@ def load_clip_family(
             hf_clip.load_backbone(source or hf_clip.expert_source(model, task))
             for source, task in zip(experts, tasks, strict=True)
         ]
-        return hf_clip.load_backbone(model), expert_models, partial(hf_clip.text_tower, model), hf_clip.UPSCALE_PRESETS
+        pretrained = hf_clip.load_backbone(model)
+        text_tower = partial(hf_clip.text_tower, model)
+        return pretrained, expert_models, text_tower, hf_clip.UPSCALE_PRESETS, hf_clip.text_fingerprint(model)
     if family == "open_clip":
         from mooframe.adapters import open_clip
 
         if None in experts:
             raise ValueError("open_clip experts have no default location; pass experts=[one state dict file per task]")
+        clip = open_clip.load_clip(model, pretrained_weights)  # loaded once: the backbone and the heads' text tower
         return (
-            open_clip.load_backbone(model, pretrained_weights),
+            open_clip.OpenCLIPVisionBackbone(clip.visual),
             [open_clip.load_expert_state(source) for source in experts],
-            partial(open_clip.text_tower, model, pretrained_weights),
+            partial(open_clip.text_tower, model, pretrained_weights, clip),
             open_clip.UPSCALE_PRESETS,
+            open_clip.text_fingerprint(clip),
         )
     raise ValueError(f"unknown model family {family!r}; pass 'hf_clip' or 'open_clip'")
 
 
 def clip_transform(image_size: int) -> transforms.Compose:
     """CLIP's evaluation preprocessing: bicubic resize of the short side, center crop, RGB, normalization."""
+    return transforms.Compose([clip_decode(image_size), normalize_pixels])
+
+
+def clip_decode(image_size: int) -> transforms.Compose:
+    """The decoding half of `clip_transform`: resize, crop and RGB, as uint8 pixels (3, size, size)."""
     return transforms.Compose(
         [
             transforms.Resize(image_size, interpolation=transforms.InterpolationMode.BICUBIC),
             transforms.CenterCrop(image_size),
-            transforms.Lambda(lambda image: image.convert("RGB")),
-            transforms.ToTensor(),
-            transforms.Normalize(CLIP_MEAN, CLIP_STD),
+            _rgb,
+            transforms.PILToTensor(),
         ]
     )
 
 
-class ImageDataset(Dataset):
-    """(transformed image, label) pairs from a list of images (PIL or paths) and labels."""
+def normalize_pixels(pixels: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels (..., 3, H, W) -> CLIP's normalized float input: (x / 255 - mean) / std per channel."""
+    mean = torch.tensor(CLIP_MEAN).view(3, 1, 1)
+    std = torch.tensor(CLIP_STD).view(3, 1, 1)
+    return (pixels.float().div(255) - mean) / std
 
-    def __init__(self, images: Sequence[Any], labels: Sequence[int], transform: transforms.Compose) -> None:
-        self.images, self.labels, self.transform = images, labels, transform
+
+def _rgb(image: Image.Image) -> Image.Image:
+    return image.convert("RGB")
+
+
+class ImageDataset(Dataset):
+    """(transformed image, label) pairs from a list of images (PIL or paths) and labels; `revision` identifies
+    the source's content (a Hugging Face dataset's fingerprint, or a hash of the files' names, sizes and times)."""
+
+    def __init__(
+        self, images: Sequence[Any], labels: Sequence[int], transform: Callable[[Any], Any], revision: str = ""
+    ) -> None:
+        self.images, self.labels, self.transform, self.revision = images, labels, transform, revision
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -170,7 +214,7 @@ class ImageDataset(Dataset):
         return self.transform(image), int(self.labels[index])
 
 
-def image_dataset(task: str, source: str | None, split: str, transform: transforms.Compose) -> ImageDataset:
+def image_dataset(task: str, source: str | None, split: str, transform: Callable[[Any], Any]) -> ImageDataset:
     """Split `split` of `task` from an image folder, a save_to_disk folder, or the hub dataset in the cache."""
     saved = source is not None and any(Path(source, name).is_file() for name in SAVED_DATASET_FILES)
     if source is not None and not saved and Path(source).is_dir():
@@ -184,10 +228,11 @@ def image_dataset(task: str, source: str | None, split: str, transform: transfor
     image_column = "image" if "image" in rows.column_names else "img"
     if image_column not in rows.column_names or "label" not in rows.column_names:
         raise ValueError(f"dataset for {task!r} has columns {rows.column_names}; expected 'image' and 'label'")
-    return ImageDataset(_LazyColumn(rows, image_column), rows["label"], transform)
+    revision = getattr(rows, "_fingerprint", "") or ""
+    return ImageDataset(_LazyColumn(rows, image_column), rows["label"], transform, revision)
 
 
-def _image_folder(task: str, root: Path, transform: transforms.Compose) -> ImageDataset:
+def _image_folder(task: str, root: Path, transform: Callable[[Any], Any]) -> ImageDataset:
     """`root/<class>/<image>` where <class> is a class name of the task or its index."""
     class_names = image_tasks()[task]["class_names"]
     index = {name: i for i, name in enumerate(class_names)} | {str(i): i for i in range(len(class_names))}
@@ -204,7 +249,9 @@ def _image_folder(task: str, root: Path, transform: transforms.Compose) -> Image
                 labels.append(index[folder.name])
     if not paths:
         raise FileNotFoundError(f"no images under {root}; expected {root}/<class>/<image file>")
-    return ImageDataset(paths, labels, transform)
+    stats = [(str(path.relative_to(root)), path.stat().st_size, path.stat().st_mtime_ns) for path in paths]
+    revision = hashlib.sha256(json.dumps([str(root.resolve()), stats]).encode()).hexdigest()
+    return ImageDataset(paths, labels, transform, revision)
 
 
 class _LazyColumn:

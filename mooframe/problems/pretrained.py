@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -47,9 +48,32 @@ def check_precision(precision: str) -> torch.dtype:
     return PRECISIONS[precision]
 
 
+class OncePerMessage(logging.Filter):
+    """Lets each distinct message through once per process (library warnings repeated per task and split)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: set[tuple[str, str]] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = (record.name, record.getMessage())
+        if key in self.seen:
+            return False
+        self.seen.add(key)
+        return True
+
+
+_ONCE = OncePerMessage()
+
+
 def load_hf_dataset(source: str | None, hub_id: str, split: str, config: str | None = None) -> Any:
-    """Split `split` of a Hugging Face dataset: from a `save_to_disk` folder `source`, else `hub_id` in the cache."""
+    """Split `split` of a Hugging Face dataset: from a `save_to_disk` folder `source`, else `hub_id` in the cache
+    (datasets' "Using the latest cached version ..." warning shown once, not once per split)."""
     import datasets
+
+    loader_log = logging.getLogger("datasets.load")
+    if _ONCE not in loader_log.filters:
+        loader_log.addFilter(_ONCE)
 
     if source is not None:
         if not Path(source).is_dir():

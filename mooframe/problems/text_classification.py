@@ -101,7 +101,8 @@ class GLUETextClassification(PretrainedMergingProblem):
 
 
 class TokenizedDataset(Dataset):
-    """({"input_ids", "attention_mask"}, label) pairs of fixed length."""
+    """({"input_ids", "attention_mask"}, label) pairs of fixed length, held as tensors: batches are taken by bulk
+    indexing in the main process (`batch`), with no loader workers."""
 
     def __init__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor) -> None:
         self.input_ids, self.attention_mask, self.labels = input_ids, attention_mask, labels
@@ -111,6 +112,9 @@ class TokenizedDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         return {"input_ids": self.input_ids[index], "attention_mask": self.attention_mask[index]}, self.labels[index]
+
+    def batch(self, indices: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        return self[indices]
 
 
 def tokenized(task: str, rows: Any, tokenizer: Any, max_length: int) -> TokenizedDataset:

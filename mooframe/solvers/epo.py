@@ -44,8 +44,16 @@ class EPO(Solver):
     A failed or infeasible LP falls back to the relaxed descent LP (without the alpha^T C a constraint), then to
     the linear-scalarization weights r; `stats()` counts both.
 
+    With `lp="paper"` EPO solves the published LPs unmodified, as the PWE-MoE code calls them (Pareto
+    HyperNetworks' `EPOSolver` around EPOSearch's `ExactParetoLP`): the balance LP with the unscaled adjustment a,
+    its rows (C alpha)_j >= (C a)_j for the j with (C a)_j <= 0 and >= 0 for the largest r_j l_j; no slack, no
+    vertex rule and no relaxed LP; when the LP is infeasible or a is not finite (an r_t = 0) alpha = r / sum(r);
+    and the weights returned are T alpha (that code's loss is sum_t T alpha_t l_t). C is still scaled to unit max
+    entry, which leaves the LPs' feasible sets and maximizers unchanged.
+
     Args:
         eps: non-uniformity below which EPO switches from balancing to descent.
+        lp: "mooframe" (default; the variant above) or "paper" (the published LPs, for reproduction).
         backend: LP solver: "simplex" (default; the same optima as HiGHS, ~2x faster than HiGHS direct at T=8),
             "highs" (dual simplex through highspy; 4-5x faster than via cvxpy) or "osqp" (ADMM through cvxpy;
             reports tight LPs infeasible and falls back more often). Figures: benchmarks/solvers.py.
@@ -53,12 +61,14 @@ class EPO(Solver):
 
     needs_gram = True
 
-    def __init__(self, eps: float = 1e-4, backend: str = "simplex") -> None:
+    def __init__(self, eps: float = 1e-4, backend: str = "simplex", lp: str = "mooframe") -> None:
         if not eps > 0:
             raise ValueError(f"eps must be > 0, got {eps}")
         if backend not in BACKENDS:
             raise ValueError(f"unknown EPO backend {backend!r}; pass one of {', '.join(BACKENDS)}")
-        self.eps, self.backend = eps, backend
+        if lp not in LP_VARIANTS:
+            raise ValueError(f"unknown EPO lp {lp!r}; pass 'mooframe' (the default) or 'paper' (the published LPs)")
+        self.eps, self.backend, self.lp = eps, backend, lp
         self._lps: SimplexLPs | HighsLPs | CvxpyLPs | None = None
         self._counts = dict.fromkeys(("balance", "descent", "vertex", "relaxed_fallbacks", "ls_fallbacks"), 0)
 
@@ -76,9 +86,11 @@ class EPO(Solver):
             raise ValueError(f"EPO needs non-negative losses (it balances r * l on a log scale); got {loss.tolist()}")
         scale = float(np.abs(c).max())
         if n == 1 or scale == 0:  # one objective (r = [1]), or zero gradients: any alpha gives the same update
-            return torch.as_tensor(r)
+            return torch.as_tensor(r * (n if self.lp == "paper" else 1))
         if self._lps is None:
             self._lps = BACKENDS[self.backend]()
+        if self.lp == "paper":
+            return torch.as_tensor(n * self._paper_alpha(c / scale, r, loss))
         mu, a = non_uniformity(r * loss), adjustment(r, loss)
         if mu > self.eps and np.abs(a).max() <= _TINY:
             # r on the simplex's boundary with r l uniform on r's support (a vertex, say): the ray is met there and
@@ -96,6 +108,20 @@ class EPO(Solver):
             self._counts["ls_fallbacks"] += 1
             alpha = r
         return torch.as_tensor(alpha)
+
+    def _paper_alpha(self, c: np.ndarray, r: np.ndarray, loss: np.ndarray) -> np.ndarray:
+        """alpha of the published LP (balance or descent by mu), or r / sum(r) where it fails."""
+        mu, a = paper_adjustment(r, loss)
+        if not np.isfinite(a).all():
+            self._counts["ls_fallbacks"] += 1
+            return r / r.sum()
+        mode = "balance" if mu > self.eps else "descent"
+        self._counts[mode] += 1
+        alpha = self._lps.solve(mode, paper_balance_lp(c, a, r * loss) if mode == "balance" else descent_lp(c, a, 0.0))
+        if alpha is None:
+            self._counts["ls_fallbacks"] += 1
+            return r / r.sum()
+        return alpha
 
     def stats(self) -> dict[str, float]:
         """LPs solved in each mode, steps at the simplex's boundary that needed none (`vertex`: alpha = r), fallbacks
@@ -152,10 +178,33 @@ def balance_lp(c: np.ndarray, a: np.ndarray, rl: np.ndarray) -> LP:
     return LP(ca, c[active], rhs[active] - _SLACK)
 
 
-def descent_lp(c: np.ndarray, a: np.ndarray) -> LP:
-    """max 1^T C alpha  s.t.  alpha^T C a >= min(max_j (C a)_j, 0),  C alpha >= 0."""
+def descent_lp(c: np.ndarray, a: np.ndarray, slack: float = _SLACK) -> LP:
+    """max 1^T C alpha  s.t.  alpha^T C a >= min(max_j (C a)_j, 0),  C alpha >= 0 (each row loosened by `slack`)."""
     ca = c @ a
-    return LP(c.sum(0), np.vstack([ca, c]), np.concatenate([[min(ca.max(), 0.0)], np.zeros(len(c))]) - _SLACK)
+    return LP(c.sum(0), np.vstack([ca, c]), np.concatenate([[min(ca.max(), 0.0)], np.zeros(len(c))]) - slack)
+
+
+def paper_adjustment(r: np.ndarray, losses: np.ndarray) -> tuple[float, np.ndarray]:
+    """(mu, a) as EPOSearch computes them: l_hat = r l / sum(r l), mu over the l_hat above machine epsilon,
+    a = r (log(T l_hat) - mu), unclipped (so a is NaN where r_t = 0)."""
+    rl = r * losses
+    with np.errstate(divide="ignore", invalid="ignore"):
+        l_hat = rl / rl.sum()
+        kept = l_hat[l_hat > np.finfo(l_hat.dtype).eps]
+        mu = float(np.sum(kept * np.log(kept * len(rl))))
+        return mu, r * (np.log(l_hat * len(rl)) - mu)
+
+
+def paper_balance_lp(c: np.ndarray, a: np.ndarray, rl: np.ndarray) -> LP:
+    """The published balance LP: max alpha^T C a  s.t.  (C alpha)_j >= (C a)_j for the j with (C a)_j <= 0 and
+    (C alpha)_j >= 0 for the largest r_j l_j when some (C a)_j > 0, else C alpha >= 0; a unscaled, no slack."""
+    ca = c @ a
+    ascent = ca > 0
+    if not ascent.any():
+        return LP(ca, c, np.zeros(len(ca)))
+    worst = rl == rl.max()
+    rows = ~ascent | worst
+    return LP(ca, c[rows], np.where(worst, 0.0, ca)[rows])
 
 
 def relaxed_lp(c: np.ndarray) -> LP:
@@ -244,6 +293,7 @@ class CvxpyLPs:
 
 
 BACKENDS = {"simplex": SimplexLPs, "highs": HighsLPs, "osqp": CvxpyLPs}
+LP_VARIANTS = ("mooframe", "paper")
 
 
 def _on_simplex(alpha: np.ndarray) -> np.ndarray | None:
