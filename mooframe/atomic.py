@@ -55,7 +55,8 @@ CHECKPOINTS = Kind("checkpoints", "checkpoints.json", 1, "a checkpoint directory
 EXPORT = Kind("export", "mooframe_card.json", 1, "an export")
 REPORT = Kind("report", "report.json", 1, "a report")
 DEMO = Kind("demo", "demo.json", 1, "a demo report")
-KINDS = (RUN, CHECKPOINT, CHECKPOINTS, EXPORT, REPORT, DEMO)
+DECODED = Kind("decoded", "meta.json", 1, "a decoded-image cache entry")  # mooframe.data's decoded cache
+KINDS = (RUN, CHECKPOINT, CHECKPOINTS, EXPORT, REPORT, DEMO, DECODED)
 _FORMAT = re.compile(r"mooframe-(?P<name>[a-z]+)/(?P<version>\d+)")
 _LEFTOVER = re.compile(r"\.(?P<name>.+)\.(?:[0-9a-f]{8}\.partial|old|lock)")
 

@@ -110,7 +110,7 @@ def test_reproduce_smoke_runs_end_to_end_offline_and_reports_the_papers_numbers(
         assert run_value == f"{100 * recorded['accuracy'][index][0]:.1f}"
         assert f"({float(run_value) - float(paper):+.1f})" in cell and recorded["key"]["smoke"] is True
     assert "Experts on every task" in report and "75.3 / " in report  # Table 5's SUN397 expert on SUN397
-    assert (out / "+".join(THREE) / "fronts.png").is_file()
+    assert (out / "+".join(THREE) / "fronts" / "fronts.png").is_file()
     assert (out / "+".join(THREE) / "pwe_moe_ls_all" / "config.json").is_file()  # trained sets saved as runs
     second = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert second.returncode == 0, second.stderr[-3000:]
@@ -186,7 +186,8 @@ def test_reproduce_never_replaces_files_it_did_not_write(tmp_path):
         _write_json(users, {"format": "mooframe-reproduce/1"})
     assert users.read_text() == '{"mine": 1}'
     (tmp_path / "notes").mkdir()
-    with pytest.raises(ValueError, match="is not a mooframe run"):
+    (tmp_path / "notes" / "todo.txt").write_text("mine")
+    with pytest.raises(ValueError, match="is a folder mooframe did not write"):
         _run_folder(tmp_path / "notes")
     record = tmp_path / "sun397+dtd" / "ties.json"
     _write_json(record, {"format": "mooframe-reproduce/1", "key": 1})

@@ -146,18 +146,10 @@ def _execute(run: Run, problem: Any, grid: np.ndarray, out: Path, device: str, p
 
 
 def _run_folder(path: Path) -> Path:
-    """`path` if it is free or holds a mooframe run (replaced by the new one); ValueError for anything else."""
-    from mooframe.result import CONFIG_FILE
-    from mooframe.result import FORMAT as RUN_FORMAT
+    """`path` if it is free or holds a mooframe run (replaced by the new one); ArtifactError for anything else."""
+    from mooframe.atomic import RUN, check_output
 
-    if path.exists():
-        try:
-            ours = json.loads((path / CONFIG_FILE).read_text()).get("format") == RUN_FORMAT
-        except (OSError, ValueError, AttributeError):
-            ours = False
-        if not ours:
-            raise ValueError(f"{path} exists and is not a mooframe run; pass another --out")
-    return path
+    return check_output(path, RUN)
 
 
 def _read_record(path: Path) -> dict[str, Any] | None:
@@ -242,8 +234,9 @@ def _report(experiment: dict, runs: list[Run], records: dict[tuple[str, str], di
             lines += _experts_table(experiment["paper_experts"], here["experts"], tasks)
         if len(tasks) <= 3 and here:
             fronts = {method: _front(record) for method, record in here.items()}
-            write_report(compare_fronts(fronts), fronts, out / "+".join(tasks), title=", ".join(tasks))
-            lines += ["", f"Fronts of all methods (test error 1 - accuracy): ![fronts]({'+'.join(tasks)}/fronts.png)"]
+            folder = f"{'+'.join(tasks)}/fronts"  # a report folder of its own: write_report replaces only such
+            write_report(compare_fronts(fronts), fronts, out / folder, title=", ".join(tasks))
+            lines += ["", f"Fronts of all methods (test error 1 - accuracy): ![fronts]({folder}/fronts.png)"]
     return "\n".join(lines) + "\n"
 
 
