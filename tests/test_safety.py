@@ -27,6 +27,7 @@ from mooframe.demo import run_demo
 from mooframe.export import CARD_FILE, SAFETENSORS_FILE
 from mooframe.problems.synthetic import ZDT1
 from mooframe.report import compare_fronts, evaluation_preferences, write_report
+from mooframe.reproduce.experiments import experiment_names
 from mooframe.result import ParetoSetResult, file_sha256
 from mooframe.solve import solve
 from mooframe.solvers.ls import LinearScalarization
@@ -793,6 +794,7 @@ def _bad_invocations(run: Path, tmp: Path) -> list[tuple[list[str], str]]:
         (["demo", "--steps", "-1"], "argument --steps: must be an integer >= 0, got -1"),
         (["demo", "--workers", "0"], "argument --workers: must be an integer >= 1, got 0"),
         (["reproduce-everything"], "argument command: invalid choice: 'reproduce-everything'"),
+        (["reproduce", experiment_names()[0], "--device", "tpu:9"], "argument --device: 'tpu:9' is not a device name"),
     ]
 
 
