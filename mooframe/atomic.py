@@ -56,7 +56,8 @@ EXPORT = Kind("export", "mooframe_card.json", 1, "an export")
 REPORT = Kind("report", "report.json", 1, "a report")
 DEMO = Kind("demo", "demo.json", 1, "a demo report")
 REPRODUCTION = Kind("reproduction", "reproduction.json", 1, "a reproduction folder")
-KINDS = (RUN, CHECKPOINT, CHECKPOINTS, EXPORT, REPORT, DEMO, REPRODUCTION)
+DECODED = Kind("decoded", "meta.json", 1, "a decoded-image cache entry")  # mooframe.data's decoded cache
+KINDS = (RUN, CHECKPOINT, CHECKPOINTS, EXPORT, REPORT, DEMO, REPRODUCTION, DECODED)
 _FORMAT = re.compile(r"mooframe-(?P<name>[a-z]+)/(?P<version>\d+)")
 _LEFTOVER = re.compile(r"\.(?P<name>.+)\.(?:[0-9a-f]{8}\.partial|old|lock)")
 
@@ -130,7 +131,10 @@ def check_output(path: str | Path, kind: Kind, inputs: Iterable[str | Path] = ()
 
 
 def _check_replaceable(path: Path, kind: Kind, replace: bool) -> None:
-    entries = sorted(p.name + ("/" if p.is_dir() else "") for p in path.iterdir())
+    staged_marker = re.compile(rf"\.{re.escape(kind.marker)}\.[0-9a-f]{{8}}\.partial")  # a killed claim's
+    entries = sorted(
+        p.name + ("/" if p.is_dir() else "") for p in path.iterdir() if not staged_marker.fullmatch(p.name)
+    )
     if not entries:
         return
     found = artifact_kind(path)
@@ -227,8 +231,11 @@ def recover(path: str | Path) -> None:
             os.rename(backup, path)
             _fsync_directory(path.parent)
     for staging in path.parent.glob(f".{_glob_escape(path.name)}.*.partial"):
-        if staging.is_dir() and re.fullmatch(r"[0-9a-f]{8}", staging.name[len(path.name) + 2 : -len(".partial")]):
-            shutil.rmtree(staging)
+        if re.fullmatch(r"[0-9a-f]{8}", staging.name[len(path.name) + 2 : -len(".partial")]):
+            if staging.is_dir():
+                shutil.rmtree(staging)
+            else:
+                staging.unlink()
 
 
 def recover_for_reading(path: str | Path) -> None:
@@ -270,7 +277,7 @@ def staged_directory(
     with locked(path):
         recover(path)
         check_output(path, kind, inputs, replace)
-        staging = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.partial")
+        staging = _staging_name(path)
         staging.mkdir()
         try:
             yield staging
@@ -284,14 +291,29 @@ def staged_directory(
             raise
 
 
+def _staging_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.partial")
+
+
 def remove_artifact(path: str | Path) -> None:
     """Remove the artifact at `path` all at once: renamed to a staging name first (which `recover` cleans), so
-    a crash mid-removal never leaves a half-deleted folder at `path`."""
+    a crash mid-removal never leaves a half-deleted folder at `path`. Call with the lock of `path` held."""
     path = Path(path)
-    doomed = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.partial")
+    doomed = _staging_name(path)
     os.rename(path, doomed)
     _fsync_directory(path.parent)
     shutil.rmtree(doomed)
+
+
+def write_file_atomically(path: Path, text: str) -> None:
+    """Write `text` to `path` through a flushed staging file renamed over it: `path` holds old or new text."""
+    staging = _staging_name(path)
+    with open(staging, "w") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(staging, path)
+    _fsync_directory(path.parent)
 
 
 def _swap_into_place(staging: Path, path: Path) -> None:
@@ -367,7 +389,7 @@ def claimed_directory(path: str | Path, kind: Kind, inputs: Iterable[str | Path]
     with locked(path):
         check_output(path, kind, inputs)
         path.mkdir(parents=True, exist_ok=True)
-        if artifact_kind(path) is None:
-            (path / kind.marker).write_text(marker(kind) + "\n")
         clean_leftovers(path)
+        if artifact_kind(path) is None:
+            write_file_atomically(path / kind.marker, marker(kind) + "\n")
         yield path

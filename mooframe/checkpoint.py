@@ -97,7 +97,8 @@ class TrainingState:
                 (staging / STATE_FILE).write_text(json.dumps(json_state, indent=1))
             for old in checkpoint_folders(directory):
                 if old != target:
-                    remove_artifact(old)
+                    with locked(old):
+                        remove_artifact(old)
         return target
 
     def restore(self, path: str | Path) -> Path:

@@ -377,7 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
     reproduce.add_argument("--methods", help="comma-separated methods of the experiment (default: all)")
     reproduce.add_argument("--dry-run", action="store_true", help="list the runs, done or not, and their cost")
     reproduce.add_argument("--smoke", action="store_true", help="every step on a few examples (a quick check)")
-    reproduce.add_argument("--device", default="cpu")
+    reproduce.add_argument("--device", type=device, default="cpu")
     reproduce.add_argument("--problem-option", action="append", metavar="KEY=VALUE", help="override a problem option")
     reproduce.add_argument("--experts", metavar="TEMPLATE", help="expert path per task, with {task} (e.g. open_clip)")
     reproduce.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -27,7 +27,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from mooframe import distributed
-from mooframe.atomic import staged_directory
+from mooframe.atomic import DECODED, artifact_kind, locked, remove_artifact, staged_directory
 
 logger = logging.getLogger(__name__)
 
@@ -254,7 +254,7 @@ def free_memory(device: torch.device) -> int:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
-DECODED_FORMAT = "mooframe-decoded/1"
+DECODED_FORMAT = DECODED.format
 _PIXELS, _LABELS, _META = "pixels.npy", "labels.npy", "meta.json"
 
 
@@ -314,7 +314,10 @@ def _write_decoded(
 ) -> None:
     if len(source) == 0:
         raise ValueError("cannot cache an empty dataset")
-    with staged_directory(folder) as staging:
+    if folder.is_dir() and artifact_kind(folder) is None:  # its meta.json unreadable: still the cache's own entry
+        with locked(folder):
+            remove_artifact(folder)
+    with staged_directory(folder, DECODED) as staging:
         pixels, labels, offset = None, np.empty(len(source), dtype=np.int64), 0
         for _, (images, targets) in ordered_batches([source], batch_size, workers):
             if images.dtype != torch.uint8:

@@ -27,6 +27,7 @@ from mooframe.demo import run_demo
 from mooframe.export import CARD_FILE, SAFETENSORS_FILE
 from mooframe.problems.synthetic import ZDT1
 from mooframe.report import compare_fronts, evaluation_preferences, write_report
+from mooframe.reproduce.experiments import experiment_names
 from mooframe.result import ParetoSetResult, file_sha256
 from mooframe.solve import solve
 from mooframe.solvers.ls import LinearScalarization
@@ -300,18 +301,65 @@ def test_an_export_killed_at_random_instants_leaves_a_whole_export(results, tmp_
 
 
 def test_checkpoints_killed_at_random_instants_resume_to_the_uninterrupted_run(tmp_path):
-    options = {"steps": 60, "seed": 3, "progress": False, "model_kwargs": HIDDEN}
+    options = {"steps": 40, "seed": 3, "progress": False, "model_kwargs": HIDDEN}
     uninterrupted = solve("zdt1", **options)
     directory = tmp_path / "ckpt"
     rng = random.Random(2)
     for _ in range(3):
-        _kill_at_random(lambda: solve("zdt1", checkpoint_dir=directory, checkpoint_every=1, **options), rng, 0.3)
+        _kill_at_random(lambda: solve("zdt1", checkpoint_dir=directory, checkpoint_every=1, **options), rng, 0.2)
         if not checkpoint_folders(directory):
             continue  # killed before the first checkpoint
         resumed = solve("zdt1", resume=directory, checkpoint_every=1, **options)
         assert _same_params(resumed, uninterrupted)
-        assert sorted(p.name for p in directory.iterdir()) == ["checkpoints.json", "step-00000060"]
+        assert sorted(p.name for p in directory.iterdir()) == ["checkpoints.json", "step-00000040"]
         shutil.rmtree(directory)
+
+
+def _killed_at(module, name: str, when, before: bool = False) -> None:
+    """In a forked child: SIGKILL the process when `module.name(*args)` is called with `when(*args)` true, before
+    or after it does its work."""
+    real = getattr(module, name)
+
+    def call(*args):
+        if before and when(*args):
+            os.kill(os.getpid(), signal.SIGKILL)
+        done = real(*args)
+        if when(*args):
+            os.kill(os.getpid(), signal.SIGKILL)
+        return done
+
+    setattr(module, name, call)
+
+
+def _checkpointing_run(directory: Path, steps: int) -> ParetoSetResult:
+    options = {"steps": steps, "seed": 2, "progress": False, "model_kwargs": HIDDEN}
+    return solve("zdt1", checkpoint_dir=directory, checkpoint_every=1, **options)
+
+
+def test_a_kill_while_an_old_checkpoint_is_removed_or_the_directory_marked_leaves_a_usable_directory(tmp_path):
+    directory = tmp_path / "ckpt"
+
+    def die_removing_the_first_checkpoint() -> None:
+        _killed_at(os, "rename", lambda source, target: Path(source).name == "step-00000001")
+        _checkpointing_run(directory, 4)
+
+    os.waitpid(_fork(die_removing_the_first_checkpoint), 0)
+    assert any(p.name.startswith(".step-00000001.") for p in directory.iterdir())  # renamed away, half removed
+    assert checkpoint_folders(directory) == [directory / "step-00000002"]
+    assert sorted(p.name for p in directory.iterdir()) == ["checkpoints.json", "step-00000002"]  # and cleaned
+    resumed = solve("zdt1", steps=4, seed=2, progress=False, model_kwargs=HIDDEN, resume=directory)
+    assert _same_params(resumed, solve("zdt1", steps=4, seed=2, progress=False, model_kwargs=HIDDEN))
+
+    marked = tmp_path / "marked"
+
+    def die_marking_the_directory() -> None:
+        _killed_at(os, "replace", lambda source, target: Path(target).name == "checkpoints.json", before=True)
+        _checkpointing_run(marked, 1)
+
+    os.waitpid(_fork(die_marking_the_directory), 0)
+    assert [p.name[:18] for p in marked.iterdir()] == [".checkpoints.json."]  # the marker's staging file only
+    _checkpointing_run(marked, 1)  # not refused as a foreign folder
+    assert sorted(p.name for p in marked.iterdir()) == ["checkpoints.json", "step-00000001"]
 
 
 def test_a_second_concurrent_writer_gets_a_clear_error_and_the_first_wins(results, tmp_path):
@@ -746,6 +794,7 @@ def _bad_invocations(run: Path, tmp: Path) -> list[tuple[list[str], str]]:
         (["demo", "--steps", "-1"], "argument --steps: must be an integer >= 0, got -1"),
         (["demo", "--workers", "0"], "argument --workers: must be an integer >= 1, got 0"),
         (["reproduce-everything"], "argument command: invalid choice: 'reproduce-everything'"),
+        (["reproduce", experiment_names()[0], "--device", "tpu:9"], "argument --device: 'tpu:9' is not a device name"),
     ]
 
 
@@ -768,6 +817,7 @@ def test_every_bad_invocation_is_one_line_and_exit_status_2(cli_run, tmp_path, c
     assert not (tmp_path / "new").exists() and not (tmp_path / "r").exists() and not (tmp_path / "e").exists()
 
 
+@pytest.mark.slow
 def test_a_user_error_in_a_fresh_process_prints_no_traceback(cli_run, tmp_path):
     process = subprocess.run(
         [sys.executable, "-m", "mooframe.cli", "select", str(cli_run), "knee", "--problem-option", "x=1"],
