@@ -172,15 +172,16 @@ class MergingProblem(Problem):
     def release_experts(self, keep: Sequence[str], merged_rest: Mapping[str, torch.Tensor], by: str) -> None:
         """Hold only what `by` reads from now on: the experts' parameters in `keep`.
 
-        The experts' other parameters are dropped and the backbone's are overwritten in place with `merged_rest`
-        (their once-merged values), so that neither theta_0 nor any theta_t of them stays in memory. The problem
-        then serves that one model only: `pretrained_state()` and reads of released names raise.
+        The experts' other parameters are dropped, and the backbone's parameters named in `merged_rest` are
+        overwritten in place with their once-merged values, so that neither theta_0 nor any theta_t of those stays
+        in memory. The problem then serves that one model only: `pretrained_state()` and reads of released names
+        raise.
         """
         if self.objective == "weight_distance":
             raise ValueError("the weight_distance objective reads every expert parameter; pass release_experts=False")
         keep = set(keep)
-        if set(merged_rest) != {name for name, _ in self.pretrained.named_parameters()} - keep:
-            raise ValueError("merged_rest must hold exactly the backbone's parameters outside `keep`")
+        if keep & set(merged_rest):
+            raise ValueError(f"parameters both kept and merged once: {sorted(keep & set(merged_rest))[:3]}")
         with torch.no_grad():
             for name, value in merged_rest.items():
                 self.pretrained.get_parameter(name).copy_(value)

@@ -71,13 +71,16 @@ class ExpertState(Mapping[str, torch.Tensor]):
             )
         if name in self._tensors:
             return self._tensors[name]
-        if name in self._factors:
-            b, a = self._factors[name]
-            return self._pretrained(name).to(self.dtype) + (b @ a).to(self.dtype)
-        if name in self.shapes and self._path is not None:
+        if name not in self.shapes:
+            raise KeyError(name)
+        if self._path is not None:
             with safe_open(str(self._path), framework="pt") as file:  # memory-mapped: pages load when touched
                 return file.get_tensor(name).to(device=self.device, dtype=self.dtype)
-        raise KeyError(name)
+        theta_0 = self._pretrained(name).detach()  # a low-rank expert: theta_0 + B A, or theta_0 where it has no delta
+        if name in self._factors:
+            b, a = self._factors[name]
+            return theta_0.to(self.dtype) + (b @ a).to(self.dtype)
+        return theta_0
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.shapes)
