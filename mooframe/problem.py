@@ -145,6 +145,9 @@ class MergingProblem(Problem):
         self.expert_states = [
             _checked_expert_state(self.pretrained, expert, self.task_names[t]) for t, expert in enumerate(experts)
         ]
+        if objective == "weight_distance":  # read every step: held, not re-read from a file
+            for state in self.expert_states:
+                state.hold(state.shapes)
         self.heads = nn.ModuleList(_frozen(head) for head in heads)
         self.train_data, self.test_data = list(train_data), list(test_data or train_data)
         self.objective, self.batch_size, self.eval_batch_size = objective, batch_size, eval_batch_size
