@@ -194,8 +194,14 @@ def test_trainable_count_on_the_clip_vit_b32_vision_tower(n_tasks, expected):
     assert sum(p.numel() for p in model.trainable_parameters()) == expected
 
 
-def test_gram_path_gives_the_ls_update(problem):
-    kwargs = {"steps": 8, "seed": 3, "progress": False, "model_kwargs": {"upscale": UPSCALE_ALL}}
+@pytest.mark.parametrize("rank", [None, 3], ids=["full_rank", "rank3"])
+def test_gram_path_gives_the_ls_update(problem, rank):
+    kwargs = {
+        "steps": 8,
+        "seed": 3,
+        "progress": False,
+        "model_kwargs": {"upscale": UPSCALE_ALL, "task_vector_rank": rank},
+    }
     plain = solve(problem, "pwe_moe", "ls", **kwargs)
     gram = solve(problem, "pwe_moe", _GramLS(), **kwargs)
     for a, b in zip(plain.model.trainable_parameters(), gram.model.trainable_parameters(), strict=True):
