@@ -253,3 +253,22 @@ def test_low_rank_expert_factors_are_checked():
         _problem(pretrained, [LowRankExpert({"fc1.weight": (torch.zeros(24, 2), torch.zeros(2, 5))})])
     with pytest.raises(ValueError, match="no parameter 'fc9.weight'"):
         _problem(pretrained, [LowRankExpert({"fc9.weight": (torch.zeros(24, 2), torch.zeros(2, 12))})])
+
+
+def test_saved_lora_adapters_load_as_the_same_experts(tmp_path):
+    from mooframe.adapters.peft import load_lora_experts
+
+    base, peft_model = _lora_model(seed=4)
+    folders = []
+    for adapter in ("first", "second"):
+        peft_model.save_pretrained(str(tmp_path / adapter), selected_adapters=[adapter])
+        folders.append(next(p.parent for p in (tmp_path / adapter).rglob("adapter_config.json")))
+    _, expected = lora_experts(peft_model)
+    loaded_base, loaded = load_lora_experts(copy.deepcopy(base), folders)
+    assert [n for n, _ in loaded_base.named_parameters()] == [n for n, _ in base.named_parameters()]
+    for a, b in zip(loaded, expected, strict=True):
+        assert sorted(a.factors) == sorted(b.factors)
+        for name in a.factors:
+            torch.testing.assert_close(a.factors[name][0] @ a.factors[name][1], b.factors[name][0] @ b.factors[name][1])
+    with pytest.raises(FileNotFoundError, match="adapter_config.json"):
+        load_lora_experts(copy.deepcopy(base), [tmp_path])
