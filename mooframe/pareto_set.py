@@ -27,6 +27,9 @@ class FunctionalModel:
     module: nn.Module
     params: dict[str, torch.Tensor]
 
+    def __post_init__(self) -> None:
+        self.params = dict(self.params)  # any mapping, e.g. a problem's `ExpertState`: functional_call takes dicts
+
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return functional_call(self.module, self.params, args, kwargs, strict=False)
 

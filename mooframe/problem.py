@@ -7,6 +7,7 @@ import itertools
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -17,6 +18,7 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from mooframe.data import TrainingBatches, ordered_batches, to_device
+from mooframe.merging.store import ExpertState, LowRankExpert, file_shapes
 from mooframe.params import get_params
 
 
@@ -98,12 +100,15 @@ class MergingProblem(Problem):
 
     A solution is a backbone (an `nn.Module`, or a `FunctionalModel` holding merged parameters): called on a
     task's inputs (a tensor, or a dict of tensors passed as keyword arguments) it returns features, and
-    `heads[t]` turns them into task t's logits. Experts are state dicts (or modules) of the backbone; their
-    parameter names and shapes must equal the pretrained model's.
+    `heads[t]` turns them into task t's logits. Experts are state dicts (or modules) of the backbone, safetensors
+    files of such state dicts (read lazily: memory-mapped, each tensor when it is read), or `LowRankExpert`s
+    (exact low-rank deltas, e.g. LoRA adapters: `mooframe.adapters.peft`); their parameter names and shapes must
+    equal the pretrained model's. `expert_states` holds them as read-only name -> tensor mappings.
 
     Args:
         pretrained: the pretrained backbone theta_0 (frozen, kept in eval mode).
-        experts: T fine-tuned backbones or their state dicts theta_t.
+        experts: T fine-tuned backbones, their state dicts theta_t, paths of .safetensors files holding those, or
+            `LowRankExpert`s.
         heads: T frozen classification heads, features -> logits.
         train_data: T datasets of (inputs, label) pairs used for the training losses.
         test_data: T datasets of (inputs, label) pairs for `evaluate` (defaults to `train_data`).
@@ -126,7 +131,7 @@ class MergingProblem(Problem):
     def __init__(
         self,
         pretrained: nn.Module,
-        experts: Sequence[nn.Module | Mapping[str, torch.Tensor]],
+        experts: Sequence[nn.Module | Mapping[str, torch.Tensor] | str | Path | LowRankExpert],
         heads: Sequence[nn.Module],
         train_data: Sequence[Dataset],
         test_data: Sequence[Dataset] | None = None,
@@ -156,11 +161,15 @@ class MergingProblem(Problem):
         self.expert_states = [
             _checked_expert_state(self.pretrained, expert, self.task_names[t]) for t, expert in enumerate(experts)
         ]
+        if objective == "weight_distance":  # read every step: held, not re-read from a file
+            for state in self.expert_states:
+                state.hold(state.shapes)
         self.heads = nn.ModuleList(_frozen(head) for head in heads)
         self.train_data, self.test_data = list(train_data), list(test_data or train_data)
         self.objective, self.batch_size, self.eval_batch_size = objective, batch_size, eval_batch_size
         self.upscale_presets = {k: list(v) for k, v in (upscale_presets or {}).items()}
         self.device = torch.device("cpu")
+        self.released_by: str | None = None
 
     @property
     def n_objectives(self) -> int:
@@ -172,13 +181,39 @@ class MergingProblem(Problem):
 
     def pretrained_state(self) -> dict[str, torch.Tensor]:
         """theta_0: the pretrained backbone's parameters by name (detached)."""
+        if self.released_by is not None:
+            raise ValueError(
+                f"{self.released_by} merged this problem's experts once and released them (release_experts=True): "
+                "the backbone outside its up-scaled modules now holds that merge; build the problem again"
+            )
         return {name: p.detach() for name, p in self.pretrained.named_parameters()}
+
+    def release_experts(self, keep: Sequence[str], merged_rest: Mapping[str, torch.Tensor], by: str) -> None:
+        """Hold only what `by` reads from now on: the experts' parameters in `keep`.
+
+        The experts' other parameters are dropped, and the backbone's parameters named in `merged_rest` are
+        overwritten in place with their once-merged values, so that neither theta_0 nor any theta_t of those stays
+        in memory. The problem then serves that one model only: `pretrained_state()` and reads of released names
+        raise.
+        """
+        if self.objective == "weight_distance":
+            raise ValueError("the weight_distance objective reads every expert parameter; pass release_experts=False")
+        keep = set(keep)
+        if keep & set(merged_rest):
+            raise ValueError(f"parameters both kept and merged once: {sorted(keep & set(merged_rest))[:3]}")
+        with torch.no_grad():
+            for name, value in merged_rest.items():
+                self.pretrained.get_parameter(name).copy_(value)
+        for state in self.expert_states:
+            state.release(keep, by)
+        self.released_by = by
 
     def to(self, device: torch.device | str) -> MergingProblem:
         self.device = torch.device(device)
         self.pretrained.to(self.device)
         self.heads.to(self.device)
-        self.expert_states = [{k: v.to(self.device) for k, v in s.items()} for s in self.expert_states]
+        for state in self.expert_states:
+            state.to(self.device)
         return self
 
     def batches(self, rng: np.random.Generator) -> TrainingBatches:
@@ -292,16 +327,38 @@ def _frozen(module: nn.Module) -> nn.Module:
 
 
 def _checked_expert_state(
-    pretrained: nn.Module, expert: nn.Module | Mapping[str, torch.Tensor], task: str
-) -> dict[str, torch.Tensor]:
-    """The expert's parameters by the pretrained model's names; ValueError at the first name or shape mismatch."""
+    pretrained: nn.Module, expert: nn.Module | Mapping[str, torch.Tensor] | str | Path | LowRankExpert, task: str
+) -> ExpertState:
+    """The expert as an `ExpertState` by the pretrained model's names; ValueError at a name or shape mismatch."""
+    reference = dict(pretrained.named_parameters())
+    first = next(iter(reference.values()))
+    shapes = {name: p.shape for name, p in reference.items()}
+    source = {"names": shapes, "pretrained": pretrained.get_parameter, "dtype": first.dtype, "device": first.device}
+    if isinstance(expert, LowRankExpert):
+        for name, (b, a) in expert.factors.items():
+            if name not in shapes:
+                raise ValueError(f"expert for task {task!r}: the pretrained model has no parameter {name!r}")
+            if b.dim() != 2 or a.dim() != 2 or b.shape[1] != a.shape[0] or (b.shape[0], a.shape[1]) != shapes[name]:
+                raise ValueError(
+                    f"expert for task {task!r}: the factors of {name!r} have shapes {tuple(b.shape)} and "
+                    f"{tuple(a.shape)}; pass B (d_out, r) and A (r, d_in) with B A of shape {tuple(shapes[name])}"
+                )
+        factors = {n: (b.detach().to(first), a.detach().to(first)) for n, (b, a) in expert.factors.items()}
+        return ExpertState(**source, factors=factors)
+    if isinstance(expert, str | Path):
+        _check_shapes(shapes, file_shapes(expert), task)
+        return ExpertState(**source, path=expert)
     state = dict(expert.named_parameters()) if isinstance(expert, nn.Module) else dict(expert)
-    for name, reference in pretrained.named_parameters():
-        if name not in state:
+    _check_shapes(shapes, {name: tensor.shape for name, tensor in state.items()}, task)
+    return ExpertState(**source, tensors={name: state[name].detach().to(p) for name, p in reference.items()})
+
+
+def _check_shapes(reference: Mapping[str, torch.Size], given: Mapping[str, torch.Size], task: str) -> None:
+    for name, shape in reference.items():
+        if name not in given:
             raise ValueError(f"expert for task {task!r} has no parameter {name!r} of the pretrained model")
-        if state[name].shape != reference.shape:
+        if given[name] != shape:
             raise ValueError(
-                f"expert for task {task!r}: parameter {name!r} has shape {tuple(state[name].shape)}, "
-                f"the pretrained model's has {tuple(reference.shape)}"
+                f"expert for task {task!r}: parameter {name!r} has shape {tuple(given[name])}, "
+                f"the pretrained model's has {tuple(shape)}"
             )
-    return {name: state[name].detach().to(reference) for name, reference in pretrained.named_parameters()}

@@ -91,11 +91,13 @@ def _count(module: nn.Module) -> int:
     [
         lambda p: PWEMoE(p, upscale="mlp"),
         lambda p: PWEMoE(p, upscale=UPSCALE_ALL, task_vector_dtype="bfloat16"),
+        lambda p: PWEMoE(p, upscale=UPSCALE_ALL, task_vector_rank=3),
         lambda p: PreferenceTaskArithmetic(p),
+        lambda p: PreferenceTaskArithmetic(p, task_vector_rank=0.9),
         lambda p: PreferenceTIES(p, top_k=0.3),
         lambda p: PerRayModels(p, rays=3),
     ],
-    ids=["pwe_moe", "pwe_moe_bf16", "task_arithmetic", "ties", "per_ray"],
+    ids=["pwe_moe", "pwe_moe_bf16", "pwe_moe_rank3", "task_arithmetic", "task_arithmetic_energy", "ties", "per_ray"],
 )
 def test_materialized_model_equals_the_functional_forward(problem, build):
     torch.manual_seed(1)
@@ -192,8 +194,14 @@ def test_trainable_count_on_the_clip_vit_b32_vision_tower(n_tasks, expected):
     assert sum(p.numel() for p in model.trainable_parameters()) == expected
 
 
-def test_gram_path_gives_the_ls_update(problem):
-    kwargs = {"steps": 8, "seed": 3, "progress": False, "model_kwargs": {"upscale": UPSCALE_ALL}}
+@pytest.mark.parametrize("rank", [None, 3], ids=["full_rank", "rank3"])
+def test_gram_path_gives_the_ls_update(problem, rank):
+    kwargs = {
+        "steps": 8,
+        "seed": 3,
+        "progress": False,
+        "model_kwargs": {"upscale": UPSCALE_ALL, "task_vector_rank": rank},
+    }
     plain = solve(problem, "pwe_moe", "ls", **kwargs)
     gram = solve(problem, "pwe_moe", _GramLS(), **kwargs)
     for a, b in zip(plain.model.trainable_parameters(), gram.model.trainable_parameters(), strict=True):

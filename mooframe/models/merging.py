@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import logging
 import re
 from abc import abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
@@ -11,9 +12,13 @@ import torch
 from torch import nn
 
 from mooframe.merging import add_weighted, add_weighted_experts, stack_task_vectors, task_arithmetic, task_vectors
+from mooframe.merging.lowrank import LowRankTaskVectors, RankLike, check_rank, product_svd, truncated_svd
+from mooframe.merging.store import ExpertState
 from mooframe.pareto_set import FunctionalModel, ParetoSetModel
 from mooframe.preferences import PreferenceLike, check_preference
 from mooframe.problem import MergingProblem, Problem
+
+logger = logging.getLogger(__name__)
 
 VECTOR_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
@@ -72,7 +77,8 @@ class MergingModel(ParetoSetModel):
             params = self.merged_parameters(pref)
             module = copy.deepcopy(self.backbone)
             for name, parameter in module.named_parameters():
-                parameter.copy_(params[name])
+                if name in params:  # the rest: the backbone's own (psi, once the problem's experts are released)
+                    parameter.copy_(params[name])
         return module
 
 
@@ -81,29 +87,73 @@ class LinearMergingModel(MergingModel):
 
     Subclasses say which parameters are merged per preference (`groups`: parameter name -> group name) and give
     each group's coefficients c_g(r) in `coefficients`. The remaining parameters are merged once by task
-    arithmetic, psi = psi_0 + lambda sum_t tau_t. With `task_vector_dtype="float32"` the grouped parameters are
-    merged from the pretrained model and the experts the problem already holds,
-    (1 - sum_t c_t) theta_0 + sum_t c_t theta_t, and no task vector is stored; with "bfloat16" their task vectors
-    are kept in a bfloat16 dictionary (2T bytes per grouped parameter, on top of the problem's experts) and merged
-    in the backbone's dtype.
+    arithmetic, psi = psi_0 + lambda sum_t tau_t. How the grouped task vectors are held:
+
+    - `task_vector_dtype="float32"`, `task_vector_rank=None`: not at all; the grouped parameters are merged from
+      the pretrained model and the experts the problem holds, (1 - sum_t c_t) theta_0 + sum_t c_t theta_t;
+    - "bfloat16": in a bfloat16 dictionary (2T bytes per grouped parameter), merged in the backbone's dtype;
+    - `task_vector_rank=k` (an int) or `f` (a float in (0, 1]): the weights of the grouped `nn.Linear` layers as
+      truncated SVDs of rank k, or of the smallest rank keeping a fraction f of each task vector's energy
+      (exact, and cheap, for LoRA experts: `product_svd`), with U and V in `task_vector_dtype`; their linear
+      layers merge in factored form (`mooframe.merging.lowrank`). `truncation_errors[name][t]` is the relative
+      Frobenius error of task t's truncation. Other grouped parameters (biases, norms) stay as above.
+
+    With `release_experts=True` the problem holds only what this model reads afterwards: its experts keep the
+    grouped parameters that are not held low-rank, and the backbone's other parameters are overwritten with psi
+    (`MergingProblem.release_experts`); the problem then serves this model alone.
     """
 
     def __init__(
-        self, problem: Problem, groups: Mapping[str, str], scaling: float, task_vector_dtype: str = "float32"
+        self,
+        problem: Problem,
+        groups: Mapping[str, str],
+        scaling: float,
+        task_vector_dtype: str = "float32",
+        task_vector_rank: RankLike | None = None,
+        release_experts: bool = False,
     ) -> None:
         super().__init__(problem)
         if task_vector_dtype not in VECTOR_DTYPES:
             raise ValueError(f"unknown task_vector_dtype {task_vector_dtype!r}; pass one of {', '.join(VECTOR_DTYPES)}")
-        theta_0 = problem.pretrained_state()
+        dtype = VECTOR_DTYPES[task_vector_dtype]
+        rank = None if task_vector_rank is None else check_rank(task_vector_rank)
+        theta_0, experts = problem.pretrained_state(), problem.expert_states
         self.groups = dict(groups)
+        linear = {
+            f"{n}.weight" if n else "weight" for n, m in self.backbone.named_modules() if isinstance(m, nn.Linear)
+        }
+        low_rank = [name for name in self.groups if name in linear] if rank is not None else []
+        self.dense_names = [name for name in self.groups if name not in low_rank]
+        self.low_rank_index = {name: i for i, name in enumerate(low_rank)}
+        self.low_rank = nn.ModuleList(
+            LowRankTaskVectors([_factors(state, theta_0[name], name, rank) for state in experts], dtype)
+            for name in low_rank
+        )
+        self.truncation_errors = {name: self.low_rank[i].errors for name, i in self.low_rank_index.items()}
         self.vectors = None  # float32: merged from the problem's tensors, nothing stored
         if task_vector_dtype != "float32":
-            base = {name: theta_0[name] for name in self.groups}
-            taus = task_vectors(base, [{name: state[name] for name in base} for state in problem.expert_states])
-            self.vectors = TensorDict(stack_task_vectors(taus, dtype=VECTOR_DTYPES[task_vector_dtype]))
+            base = {name: theta_0[name] for name in self.dense_names}
+            taus = task_vectors(base, [{name: state[name] for name in base} for state in experts])
+            self.vectors = TensorDict(stack_task_vectors(taus, dtype=dtype))
+        else:
+            for state in experts:
+                state.hold(self.dense_names)  # read once (a file's tensors memory-mapped), not per step
         rest = {name: value for name, value in theta_0.items() if name not in self.groups}
-        taus = task_vectors(rest, [{name: state[name] for name in rest} for state in problem.expert_states])
-        self.fixed = TensorDict(task_arithmetic(rest, taus, scaling))
+        fixed = task_arithmetic(
+            rest, task_vectors(rest, [{name: state[name] for name in rest} for state in experts]), scaling
+        )
+        if release_experts:
+            keep = self.dense_names if self.vectors is None else []
+            problem.release_experts(keep, fixed, by=type(self).__name__)
+            fixed = {}  # the backbone holds psi now
+        self.fixed = TensorDict(fixed)
+        if low_rank:
+            errors = [e for errors in self.truncation_errors.values() for e in errors]
+            logger.info(
+                "low-rank task vectors of %d matrices: ranks %d-%d, relative truncation error mean %.3g, max %.3g",
+                len(low_rank), min(min(v.ranks) for v in self.low_rank), max(max(v.ranks) for v in self.low_rank),
+                sum(errors) / len(errors), max(errors),
+            )  # fmt: skip
 
     @abstractmethod
     def coefficients(self, pref: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -113,12 +163,26 @@ class LinearMergingModel(MergingModel):
         coefficients = self.coefficients(pref)
         merged = dict(self.fixed.items())
         for name, group in self.groups.items():
-            theta_0, experts = self.pretrained_and_experts(name)
+            if name in self.low_rank_index:
+                base = self.backbone.get_parameter(name).detach()
+                merged[name] = self.low_rank[self.low_rank_index[name]].merged(base, coefficients[group])
+                continue
             if self.vectors is None:
-                merged[name] = add_weighted_experts(theta_0, experts, coefficients[group])
+                merged[name] = add_weighted_experts(*self.pretrained_and_experts(name), coefficients[group])
             else:
+                theta_0 = self.backbone.get_parameter(name).detach()
                 merged[name] = add_weighted(theta_0, self.vectors[name], coefficients[group])
         return merged
+
+
+def _factors(
+    state: ExpertState, theta_0: torch.Tensor, name: str, rank: RankLike
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
+    """Task vector `name` of one expert, truncated: from its exact low-rank factors where it has them."""
+    factors = state.factors(name)
+    if factors is not None:
+        return product_svd(*factors, rank)
+    return truncated_svd(state[name] - theta_0, rank)
 
 
 def upscaled_modules(problem: MergingProblem, upscale: str | Sequence[str]) -> dict[str, list[str]]:

@@ -81,6 +81,8 @@ class ParetoMerging(MergingModel):
         theta_0 = problem.pretrained_state()
         if base == "adamerging":  # merged from the problem's own tensors each step: no task-vector copy
             self.merged_names = list(theta_0)  # the row order of the coefficients
+            for state in problem.expert_states:
+                state.hold(self.merged_names)  # read once (a file's tensors memory-mapped), not every step
             self.coefficients = nn.Parameter(torch.full((len(theta_0), self.n_objectives), float(scaling)))
         else:
             taus = task_vectors(theta_0, problem.expert_states)

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from mooframe.merging.lowrank import RankLike
 from mooframe.models.merging import LinearMergingModel, require_merging_problem, upscaled_modules
 from mooframe.problem import Problem
 
@@ -26,7 +27,12 @@ class PWEMoE(LinearMergingModel):
         scaling: lambda, the task-arithmetic coefficient of the fixed part and the routers' initial output.
         task_vector_dtype: "float32" merges from the problem's experts and stores no task vector; "bfloat16"
             keeps the up-scaled task vectors rounded to bfloat16 in a dictionary of their own (memory added, to
-            see what the rounding does to the front).
+            see what the rounding does to the front), or the low-rank factors in bfloat16.
+        task_vector_rank: None (full rank), or the up-scaled linear layers' task vectors as truncated SVDs: an
+            int k (rank k), or a float f in (0, 1] (the smallest rank keeping a fraction f of each task vector's
+            energy); LoRA experts are held exactly at f = 1. Merged without forming the weight matrices.
+        release_experts: after the rest is merged once, drop from the problem whatever this model does not read
+            again (`MergingProblem.release_experts`); the problem then serves this model alone.
 
     `solve()` warms its learning rate up over 100 steps by default (`default_warmup_steps`): Adam's first steps
     move every weight by about lr = 1e-2, the size of W1 itself, and as r >= 0 a row of W1 gets a gradient of
@@ -42,12 +48,15 @@ class PWEMoE(LinearMergingModel):
         upscale: str | Sequence[str] = "mlp",
         scaling: float = 0.3,
         task_vector_dtype: str = "float32",
+        task_vector_rank: RankLike | None = None,
+        release_experts: bool = False,
     ) -> None:
         modules = upscaled_modules(require_merging_problem(problem, "PWEMoE"), upscale)
         groups = {param: module for module, params in modules.items() for param in params}
-        super().__init__(problem, groups, scaling, task_vector_dtype)
+        super().__init__(problem, groups, scaling, task_vector_dtype, task_vector_rank, release_experts)
         self.upscale = upscale if isinstance(upscale, str) else list(upscale)
         self.scaling, self.task_vector_dtype = scaling, task_vector_dtype
+        self.task_vector_rank, self.release_experts = task_vector_rank, release_experts
         self.module_names = list(modules)
         self.routers = nn.ModuleList(router(self.n_objectives, scaling) for _ in self.module_names)
 

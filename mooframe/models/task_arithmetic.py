@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from mooframe.merging import disjoint_merge, task_vectors, trim_top_k
+from mooframe.merging.lowrank import RankLike
 from mooframe.models.merging import LinearMergingModel, MergingModel, TensorDict, require_merging_problem
 from mooframe.problem import Problem
 
@@ -15,12 +16,22 @@ class PreferenceTaskArithmetic(LinearMergingModel):
 
     At the equal preference r = 1/T this is plain task arithmetic with lambda (Ilharco et al., 2023); at a
     corner e_t it is theta_0 + lambda T tau_t. Nothing is trained: the front is what merging alone reaches.
+    `task_vector_dtype`, `task_vector_rank` and `release_experts` as for `LinearMergingModel`.
     """
 
-    def __init__(self, problem: Problem, scaling: float = 0.3, task_vector_dtype: str = "float32") -> None:
+    def __init__(
+        self,
+        problem: Problem,
+        scaling: float = 0.3,
+        task_vector_dtype: str = "float32",
+        task_vector_rank: RankLike | None = None,
+        release_experts: bool = False,
+    ) -> None:
         names = require_merging_problem(problem, type(self).__name__).pretrained_state()
-        super().__init__(problem, dict.fromkeys(names, "all"), scaling, task_vector_dtype)
+        groups = dict.fromkeys(names, "all")
+        super().__init__(problem, groups, scaling, task_vector_dtype, task_vector_rank, release_experts)
         self.scaling, self.task_vector_dtype = scaling, task_vector_dtype
+        self.task_vector_rank, self.release_experts = task_vector_rank, release_experts
 
     def coefficients(self, pref: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"all": self.scaling * self.n_objectives * pref}

@@ -32,7 +32,7 @@ class PretrainedMergingProblem(MergingProblem):
         self.precision = precision
         self.pretrained.to(dtype)
         self.heads.to(dtype)
-        self.expert_states = [{k: v.to(dtype) for k, v in state.items()} for state in self.expert_states]
+        self.expert_states = [state.to(dtype=dtype) for state in self.expert_states]
 
     def logits(self, solution: Callable[..., torch.Tensor], task: int, inputs: Any) -> torch.Tensor:
         if self.precision == "float32":
