@@ -197,6 +197,7 @@ def _fork(work, errors: Path | None = None) -> int:
     if pid == 0:  # pragma: no cover - the child
         code = 0
         try:
+            torch.set_num_threads(1)  # the parent's OpenMP pool does not survive a fork: a team would never join
             work()
         except BaseException as error:  # noqa: BLE001 - reported to the parent through the exit status
             if errors is not None:
@@ -204,6 +205,19 @@ def _fork(work, errors: Path | None = None) -> int:
             code = 1
         os._exit(code)
     return pid
+
+
+def _wait(pid: int, timeout: float = 60.0) -> int:
+    """The exit status of child `pid`; a child still running after `timeout` seconds is killed and fails the test."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return status
+        time.sleep(0.01)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    pytest.fail(f"child process {pid} did not finish within {timeout} s")
 
 
 def _kill_at_random(work, rng: random.Random, longest: float) -> None:
@@ -271,7 +285,7 @@ def test_a_save_killed_at_each_step_of_the_swap_is_recovered(results, tmp_path, 
         new.save(path)
 
     pid = _fork(save_and_die_midway)
-    _, status = os.waitpid(pid, 0)
+    status = _wait(pid)
     assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
     leftovers = sorted(p.name for p in tmp_path.iterdir() if p.name != "run")
     assert leftovers  # the kill left a backup or staging folder (and the lock file) behind
@@ -343,7 +357,7 @@ def test_a_kill_while_an_old_checkpoint_is_removed_or_the_directory_marked_leave
         _killed_at(os, "rename", lambda source, target: Path(source).name == "step-00000001")
         _checkpointing_run(directory, 4)
 
-    os.waitpid(_fork(die_removing_the_first_checkpoint), 0)
+    _wait(_fork(die_removing_the_first_checkpoint))
     assert any(p.name.startswith(".step-00000001.") for p in directory.iterdir())  # renamed away, half removed
     assert checkpoint_folders(directory) == [directory / "step-00000002"]
     assert sorted(p.name for p in directory.iterdir()) == ["checkpoints.json", "step-00000002"]  # and cleaned
@@ -356,7 +370,7 @@ def test_a_kill_while_an_old_checkpoint_is_removed_or_the_directory_marked_leave
         _killed_at(os, "replace", lambda source, target: Path(target).name == "checkpoints.json", before=True)
         _checkpointing_run(marked, 1)
 
-    os.waitpid(_fork(die_marking_the_directory), 0)
+    _wait(_fork(die_marking_the_directory))
     assert [p.name[:18] for p in marked.iterdir()] == [".checkpoints.json."]  # the marker's staging file only
     _checkpointing_run(marked, 1)  # not refused as a foreign folder
     assert sorted(p.name for p in marked.iterdir()) == ["checkpoints.json", "step-00000001"]
@@ -367,7 +381,7 @@ def test_a_second_concurrent_writer_gets_a_clear_error_and_the_first_wins(result
     path = old.save(tmp_path / "run")
     errors = tmp_path.parent / f"{tmp_path.name}-child.err"
     with locked(path):  # this process is writing the path
-        _, status = os.waitpid(_fork(lambda: new.save(path), errors), 0)
+        status = _wait(_fork(lambda: new.save(path), errors))
     assert os.WEXITSTATUS(status) == 1
     assert errors.read_text() == (
         f"ArtifactError: {path} is being written by another process (it holds {tmp_path / '.run.lock'}); "
@@ -394,7 +408,7 @@ def test_two_processes_racing_on_one_path_leave_one_whole_run(results, tmp_path)
                 handle.write(outcome.replace("\n", " ") + "\n")
 
     pids = [_fork(lambda r=r: save_many(r)) for r in (old, new)]  # each logs 15 outcomes
-    statuses = [os.waitpid(pid, 0)[1] for pid in pids]
+    statuses = [_wait(pid) for pid in pids]
     assert all(os.WEXITSTATUS(s) == 0 for s in statuses)
     outcomes = log.read_text().splitlines()
     log.unlink()
