@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import hashlib
 import json
 import os
 import re
@@ -166,6 +167,15 @@ def _check_creatable(path: Path, kind: Kind) -> None:
         raise ArtifactError(f"cannot write {kind.label} at {path}: {ancestor} is a file, not a folder")
     if not os.access(ancestor, os.W_OK | os.X_OK):
         raise ArtifactError(f"cannot write {kind.label} at {path}: no permission to write in {ancestor}")
+
+
+def file_sha256(path: Path) -> str:
+    """The SHA-256 of the file's bytes, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 _held: dict[Path, int] = {}  # lock files this process holds -> how many times

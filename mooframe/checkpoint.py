@@ -32,12 +32,13 @@ from mooframe.atomic import (
     artifact_kind,
     claimed_directory,
     clean_leftovers,
+    file_sha256,
     locked,
     remove_artifact,
     staged_directory,
 )
 from mooframe.pareto_set import ParetoSetModel
-from mooframe.result import check_fields, check_file_hashes, file_sha256, read_json, read_safetensors
+from mooframe.result import check_fields, check_file_hashes, read_json, read_safetensors
 from mooframe.solver import Solver
 
 STATE_FILE, TENSORS_FILE = "state.json", "tensors.safetensors"

@@ -27,7 +27,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from mooframe import distributed
-from mooframe.atomic import DECODED, artifact_kind, locked, remove_artifact, staged_directory
+from mooframe.atomic import DECODED, artifact_kind, file_sha256, locked, remove_artifact, staged_directory
 
 logger = logging.getLogger(__name__)
 
@@ -332,7 +332,7 @@ def _write_decoded(
         del pixels
         np.save(staging / _LABELS, labels)
         meta = {"format": DECODED_FORMAT, "fingerprint": fingerprint, "key": key, "shape": list(shape)}
-        meta |= {name: _file_sha256(staging / name) for name in (_PIXELS, _LABELS)}
+        meta |= {name: file_sha256(staging / name) for name in (_PIXELS, _LABELS)}
         (staging / _META).write_text(json.dumps(meta, indent=1, default=str))
 
 
@@ -342,7 +342,7 @@ def _read_decoded(folder: Path, fingerprint: str) -> tuple[np.ndarray, np.ndarra
         meta = json.loads((folder / _META).read_text())
         if meta.get("format") != DECODED_FORMAT or meta.get("fingerprint") != fingerprint:
             return None
-        if any(_file_sha256(folder / name) != meta.get(name) for name in (_PIXELS, _LABELS)):
+        if any(file_sha256(folder / name) != meta.get(name) for name in (_PIXELS, _LABELS)):
             return None
         pixels = np.load(folder / _PIXELS, mmap_mode="r")
         labels = np.load(folder / _LABELS)
@@ -351,11 +351,3 @@ def _read_decoded(folder: Path, fingerprint: str) -> tuple[np.ndarray, np.ndarra
     if list(pixels.shape) != meta.get("shape") or labels.shape != pixels.shape[:1] or pixels.dtype != np.uint8:
         return None
     return pixels, labels
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(1 << 24):
-            digest.update(chunk)
-    return digest.hexdigest()

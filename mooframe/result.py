@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import re
 from collections.abc import Sequence
@@ -17,7 +16,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from mooframe.atomic import EXPORT, RUN, check_output, recover_for_reading, staged_directory
+from mooframe.atomic import EXPORT, RUN, check_output, file_sha256, recover_for_reading, staged_directory
 from mooframe.data import solutions_per_pass
 from mooframe.pareto_set import ParetoSetModel
 from mooframe.preferences import PreferenceLike, check_preference, uniform_grid
@@ -375,15 +374,6 @@ def read_safetensors(path: Path, sha256: str | None = None) -> dict[str, torch.T
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as error:
         raise ValueError(f"corrupt safetensors file {path}: {error}") from error
-
-
-def file_sha256(path: Path) -> str:
-    """The SHA-256 of the file's bytes, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 #: JSON types a schema names, and how an error message says them.

@@ -13,9 +13,10 @@ import torch
 from safetensors.torch import load_file, save_file
 from toys import RouterMerge
 
+from mooframe.atomic import file_sha256
 from mooframe.checkpoint import STATE_FILE, TENSORS_FILE
 from mooframe.problem import MergingProblem
-from mooframe.result import ParetoSetResult, file_sha256
+from mooframe.result import ParetoSetResult
 from mooframe.solve import solve
 
 MARKER = Path(tempfile.gettempdir()) / f"mooframe-pickle-ran-{os.getpid()}"

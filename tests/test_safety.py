@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import mooframe.atomic
-from mooframe.atomic import CHECKPOINTS, EXPORT, REPORT, RUN, ArtifactError, check_output, locked
+from mooframe.atomic import CHECKPOINTS, EXPORT, REPORT, RUN, ArtifactError, check_output, file_sha256, locked
 from mooframe.checkpoint import STATE_FILE, TENSORS_FILE, checkpoint_folders, latest_checkpoint
 from mooframe.cli import main
 from mooframe.demo import run_demo
@@ -28,7 +28,7 @@ from mooframe.export import CARD_FILE, SAFETENSORS_FILE
 from mooframe.problems.synthetic import ZDT1
 from mooframe.report import compare_fronts, evaluation_preferences, write_report
 from mooframe.reproduce.experiments import experiment_names
-from mooframe.result import ParetoSetResult, file_sha256
+from mooframe.result import ParetoSetResult
 from mooframe.solve import solve
 from mooframe.solvers.ls import LinearScalarization
 
