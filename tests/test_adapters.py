@@ -12,6 +12,7 @@ from mooframe.adapters import gpt2, hf_clip
 from mooframe.adapters import open_clip as open_clip_adapter
 from mooframe.adapters.zero_shot import ZeroShotHead, cached_zero_shot_head, class_embeddings
 from tests.tiny_checkpoints import write_gpt2, write_open_clip
+from tests.toys import meta_hf_clip_vision
 
 
 def router_parameters(backbone: torch.nn.Module, patterns: list[str], n_tasks: int) -> int:
@@ -26,18 +27,7 @@ def router_parameters(backbone: torch.nn.Module, patterns: list[str], n_tasks: i
     ids=["ViT-B-32", "ViT-L-14"],
 )
 def test_presets_give_the_papers_router_counts_on_real_architectures(layers, width, patch, expected):
-    from transformers import CLIPVisionConfig, CLIPVisionModel
-
-    config = CLIPVisionConfig(
-        hidden_size=width,
-        intermediate_size=4 * width,
-        num_hidden_layers=layers,
-        num_attention_heads=width // 64,
-        patch_size=patch,
-        image_size=224,
-    )
-    with torch.device("meta"):
-        backbone = hf_clip.HFCLIPVisionBackbone(CLIPVisionModel(config))
+    backbone = meta_hf_clip_vision(layers, width, patch)
     for n_tasks, count in expected.items():
         assert router_parameters(backbone, hf_clip.UPSCALE_PRESETS["mlp"], n_tasks) == count
     assert router_parameters(backbone, hf_clip.UPSCALE_PRESETS["attention_mlp"], 2) == 2 * expected[2]

@@ -15,6 +15,7 @@ from mooframe.adapters import hf_clip
 from mooframe.adapters import open_clip as open_clip_adapter
 from mooframe.models.pwe_moe import PWEMoE
 from mooframe.problem import MergingProblem
+from tests.toys import meta_hf_clip_vision
 
 # (layers, width, patch) of the paper's two CLIP models
 LAYOUTS = {"ViT-B-32": (12, 768, 32), "ViT-L-14": (24, 1024, 14)}
@@ -28,19 +29,7 @@ def open_clip_visual(name: str) -> nn.Module:
 
 
 def hf_clip_vision(name: str) -> nn.Module:
-    from transformers import CLIPVisionConfig, CLIPVisionModel
-
-    layers, width, patch = LAYOUTS[name]
-    config = CLIPVisionConfig(
-        hidden_size=width,
-        intermediate_size=4 * width,
-        num_hidden_layers=layers,
-        num_attention_heads=width // 64,
-        patch_size=patch,
-        image_size=224,
-    )
-    with torch.device("meta"):
-        return hf_clip.HFCLIPVisionBackbone(CLIPVisionModel(config))
+    return meta_hf_clip_vision(*LAYOUTS[name])
 
 
 def pwe_moe_on(backbone: nn.Module, presets: dict, n_tasks: int, upscale: str = "all") -> PWEMoE:

@@ -33,3 +33,21 @@ class RouterMerge(ParetoSetModel):
             for name, theta in base.items()
         }
         return FunctionalModel(self.merging_problem.pretrained, merged)
+
+
+def meta_hf_clip_vision(layers: int, width: int, patch: int) -> nn.Module:
+    """A Hugging Face CLIP vision tower of the given layout on the meta device (no memory, no download)."""
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+
+    from mooframe.adapters import hf_clip
+
+    config = CLIPVisionConfig(
+        hidden_size=width,
+        intermediate_size=4 * width,
+        num_hidden_layers=layers,
+        num_attention_heads=width // 64,
+        patch_size=patch,
+        image_size=224,
+    )
+    with torch.device("meta"):
+        return hf_clip.HFCLIPVisionBackbone(CLIPVisionModel(config))
