@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 from abc import ABC, abstractmethod
+from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,6 +64,11 @@ class ParetoSetModel(nn.Module, ABC):
         with torch.no_grad():
             solution = self(pref.to(self.device))
         return solution.detach() if isinstance(solution, torch.Tensor) else solution
+
+    def solution_key(self, pref: torch.Tensor) -> Hashable | None:
+        """A key shared by the preferences that give the same solution, so `front` evaluates it once; None: the
+        solution for `pref` is its own (the default)."""
+        return None
 
     def training_preference(self, sampled: torch.Tensor, step: int) -> torch.Tensor:
         """The preference trained at `step`: the sampled one, unless the model trains fixed rays (per_ray)."""

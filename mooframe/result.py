@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -93,8 +93,9 @@ class ParetoSetResult:
 
         The preferences are evaluated `chunk` at a time by `problem.evaluate_many`: a merging problem reads and
         decodes each test example once per chunk and scores it under the chunk's K materialized models in turn.
-        Default chunk: all the preferences, or as many models as fit in half the device's free memory. `device`
-        first moves the problem and the model there (they stay there).
+        Default chunk: all the preferences, or as many models as fit in half the device's free memory. Preferences
+        that share a `solution_key` (one model per ray, a fixed merge) are evaluated once. `device` first moves the
+        problem and the model there (they stay there).
         """
         grid = uniform_grid(self.n_objectives, n) if prefs is None else np.asarray(prefs, dtype=float)
         for pref in grid:  # validate all before evaluating any; keep the float64 values for the front
@@ -106,18 +107,20 @@ class ParetoSetResult:
         if device is not None:
             self.problem.to(device)
             self.model.to(device)
+        distinct, solution_of = self._distinct_solutions(grid)
         evaluations: list[Evaluation] = []
-        bar = tqdm(total=len(grid), desc="front", unit="pref", disable=not progress, dynamic_ncols=True)
+        bar = tqdm(total=len(distinct), desc="front", unit="pref", disable=not progress, dynamic_ncols=True)
         with bar:
-            while len(evaluations) < len(grid):
+            while len(evaluations) < len(distinct):
                 start = len(evaluations)
-                solutions = [self.model_at(grid[start])]
+                solutions = [self.model_at(distinct[start])]
                 if chunk is None:
-                    chunk = solutions_per_pass(solutions[0], len(grid), self.model.device)
-                solutions += [self.model_at(pref) for pref in grid[start + 1 : start + chunk]]
+                    chunk = solutions_per_pass(solutions[0], len(distinct), self.model.device)
+                solutions += [self.model_at(pref) for pref in distinct[start + 1 : start + chunk]]
                 evaluations += self.problem.evaluate_many(solutions, progress=progress)
                 del solutions
                 bar.update(len(evaluations) - start)
+        evaluations = [evaluations[i] for i in solution_of]
         metrics = {
             name: np.asarray([e.metrics[name] for e in evaluations], dtype=float) for name in evaluations[0].metrics
         }
@@ -127,6 +130,22 @@ class ParetoSetResult:
             objective_names=list(self.problem.objective_names),
             metrics=metrics,
         )
+
+    def _distinct_solutions(self, grid: np.ndarray) -> tuple[np.ndarray, list[int]]:
+        """The preferences of `grid` with distinct solutions, and for each preference the index of its own."""
+        first: dict[Hashable, int] = {}
+        distinct: list[int] = []
+        solution_of: list[int] = []
+        for i, pref in enumerate(grid):
+            key = self.model.solution_key(check_preference(pref, self.n_objectives).to(self.model.device))
+            if key is None or key not in first:
+                if key is not None:
+                    first[key] = len(distinct)
+                distinct.append(i)
+                solution_of.append(len(distinct) - 1)
+            else:
+                solution_of.append(first[key])
+        return grid[distinct], solution_of
 
     def save(self, directory: str | Path, inputs: Sequence[str | Path] = ()) -> Path:
         """Write the run to `directory` (config.json, model.safetensors, history.safetensors), atomically.

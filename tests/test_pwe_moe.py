@@ -325,3 +325,21 @@ def test_pwe_moe_trains_with_mgda_toward_a_common_descent_point(problem):
     assert (weights >= -1e-12).all()
     first, last = result.history["loss"][:5].sum(1).mean(), result.history["loss"][-5:].sum(1).mean()
     assert last < first
+
+
+@pytest.mark.parametrize(
+    "model, kwargs, n_distinct",
+    [("per_ray", {"rays": 3}, 3), ("weight_average", {}, 1), ("pareto_merging", {"rank": 0}, 1)],
+)
+def test_front_evaluates_each_distinct_solution_once(problem, model, kwargs, n_distinct):
+    result = solve(problem, model, "ls", steps=2, lr=1e-3, progress=False, model_kwargs=kwargs)
+    prefs = np.stack([np.linspace(0, 1, 9), 1 - np.linspace(0, 1, 9)], axis=1)
+    evaluated = []
+    evaluate_many = problem.evaluate_many
+    problem.evaluate_many = lambda solutions, progress=False: evaluated.extend(solutions) or evaluate_many(solutions)
+    front = result.front(prefs)
+    problem.evaluate_many = evaluate_many
+    assert len(evaluated) == n_distinct
+    one_by_one = np.stack([problem.evaluate(result.model.materialize(p)).objectives for p in prefs])
+    np.testing.assert_allclose(front.objectives, one_by_one, rtol=0, atol=1e-12)
+    np.testing.assert_array_equal(front.prefs, prefs)

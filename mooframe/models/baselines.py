@@ -40,6 +40,9 @@ class FixedMerge(MergingModel):
     def merged_parameters(self, pref: torch.Tensor) -> dict[str, torch.Tensor]:
         return dict(self.merged.items())
 
+    def solution_key(self, pref: torch.Tensor) -> str:
+        return "merged"  # one solution for every preference
+
 
 class Pretrained(FixedMerge):
     """theta* = theta_0: the pretrained model as a row of the tables."""

@@ -107,6 +107,9 @@ class ParetoMerging(MergingModel):
             for i, name in enumerate(self.merged_names)
         }
 
+    def solution_key(self, pref: torch.Tensor) -> str | None:
+        return None if self.adapted else "base merge"  # without low-rank tensors the base merge is every solution
+
     def merged_parameters(self, pref: torch.Tensor) -> dict[str, torch.Tensor]:
         params = self.base_parameters()
         for name, tensor in zip(self.adapted, self.tensors, strict=True):

@@ -62,6 +62,9 @@ class PerRayModels(MergingModel):
     def training_preference(self, sampled: torch.Tensor, step: int) -> torch.Tensor:
         return self.ray_prefs[step % len(self.ray_prefs)]
 
+    def solution_key(self, pref: torch.Tensor) -> int:
+        """The index of the ray nearest to `pref`, whose model is the solution."""
+        return int(torch.cdist(pref.to(self.ray_prefs)[None], self.ray_prefs).argmin())
+
     def merged_parameters(self, pref: torch.Tensor) -> dict[str, torch.Tensor]:
-        nearest = int(torch.cdist(pref.to(self.ray_prefs)[None], self.ray_prefs).argmin())
-        return dict(self.models[nearest].named_parameters())
+        return dict(self.models[self.solution_key(pref)].named_parameters())
