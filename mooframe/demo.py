@@ -173,10 +173,6 @@ def run_demo(
     it is replaced atomically at the end.
     """
     out = check_output(out, DEMO)  # before an hour of training, not after
-    problems = {  # built (or read from the cache) here, once, before the workers read it
-        folder: MultiTaskDigits(tasks=DEFAULT_TASKS[:n], seed=seed, progress=progress)
-        for folder, n in TASK_COUNTS.items()
-    }
     work = [  # the longest first
         (folder, label, n_tasks, seed, spec, steps, device)
         for folder, n_tasks in reversed(TASK_COUNTS.items())
@@ -185,8 +181,13 @@ def run_demo(
     runs: dict[str, dict[str, MethodRun]] = {folder: {} for folder in TASK_COUNTS}
     workers = max(1, min(workers or os.cpu_count() or 1, len(work)))
     # spawn, not fork: a forked child inherits torch's thread pools in whatever state the parent left them;
-    # leaving the block on an error or Ctrl-C terminates the workers
-    with multiprocessing.get_context("spawn").Pool(workers) as pool:
+    # the workers start (and import) while the problems are built; leaving the block on an error or Ctrl-C
+    # terminates them
+    with multiprocessing.get_context("spawn").Pool(workers, initializer=_started) as pool:
+        problems = {  # built (or read from the cache) here, once, before the workers read it
+            folder: MultiTaskDigits(tasks=DEFAULT_TASKS[:n], seed=seed, progress=progress)
+            for folder, n in TASK_COUNTS.items()
+        }
         done = pool.imap_unordered(_run_job, work)
         for folder, label, run in tqdm(done, total=len(work), desc="demo methods", disable=not progress):
             runs[folder][label] = run
@@ -215,6 +216,10 @@ def run_demo(
         (staging / "report.md").write_text("\n\n".join(sections) + "\n")
         (staging / DEMO.marker).write_text(marker(DEMO, steps=steps, seed=seed, methods=list(methods)) + "\n")
     return out / "report.md"
+
+
+def _started() -> None:
+    """A worker's initializer: naming it makes the new worker import this module (torch, the models) at once."""
 
 
 def _run_job(job: tuple[str, str, int, int, tuple, int, str]) -> tuple[str, str, MethodRun]:
