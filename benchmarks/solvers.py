@@ -27,18 +27,8 @@ from pymoo.indicators.hv import HV
 from scipy.optimize import linprog
 
 from mooframe import solve
-from mooframe.solvers.epo import (
-    BACKENDS,
-    EPO,
-    LP,
-    CvxpyLPs,
-    HighsLPs,
-    SimplexLPs,
-    adjustment,
-    balance_lp,
-    descent_lp,
-    non_uniformity,
-)
+from mooframe.solvers.epo import EPO, adjustment, balance_lp, descent_lp, non_uniformity
+from mooframe.solvers.lp_backends import BACKENDS, LP, CvxpyLPs, HighsLPs, SimplexLPs
 from mooframe.solvers.mgda import min_norm_weights
 
 REPEATS = 200

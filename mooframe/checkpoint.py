@@ -37,8 +37,8 @@ from mooframe.atomic import (
     remove_artifact,
     staged_directory,
 )
+from mooframe.files import check_fields, check_file_hashes, read_json, read_safetensors
 from mooframe.pareto_set import ParetoSetModel
-from mooframe.result import check_fields, check_file_hashes, read_json, read_safetensors
 from mooframe.solver import Solver
 
 STATE_FILE, TENSORS_FILE = "state.json", "tensors.safetensors"

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mooframe.front import Front
 from mooframe.indicators import non_dominated
 from mooframe.report import text_table
-from mooframe.result import Front
 
 RULE_KINDS = ("pref", "min", "max", "knee", "ideal")
 _CONSTRAINT = re.compile(r"^(?P<quantity>\S+?)\s*(?P<op>>=|<=)\s*(?P<bound>\S+)$")

@@ -14,7 +14,7 @@ from mooframe.merging import disjoint_merge, trim_top_k
 from mooframe.merging.regmean import regmean_weight
 from mooframe.models.baselines import task_batches
 from mooframe.models.sweeps import PAPER_LAMBDAS, lambda_sweep
-from mooframe.problem import MergingProblem
+from mooframe.problems.merging import MergingProblem
 from mooframe.registry import build_model
 
 

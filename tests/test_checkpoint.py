@@ -13,7 +13,8 @@ from toys import GramLS, RouterMerge
 
 import mooframe.checkpoint
 from mooframe.checkpoint import checkpoint_folders
-from mooframe.problem import MergingProblem, Problem
+from mooframe.problem import Problem
+from mooframe.problems.merging import MergingProblem
 from mooframe.solve import solve
 from mooframe.solvers.ls import LinearScalarization
 

@@ -12,7 +12,7 @@ from mooframe import ParetoSetResult, solve
 from mooframe.indicators import hypervolume
 from mooframe.models.pareto_merging import LowRankPreferenceTensor, ParetoMerging
 from mooframe.pareto_set import FunctionalModel
-from mooframe.problem import MergingProblem
+from mooframe.problems.merging import MergingProblem
 
 
 def _randomize(model: ParetoMerging, seed: int = 0) -> None:

@@ -8,7 +8,7 @@ import torch
 
 from mooframe import ParetoSetModel, ParetoSetResult, Problem, solve
 from mooframe.cli import main
-from mooframe.result import Front
+from mooframe.front import Front
 from mooframe.selection import NoFeasiblePoint, local_refinement, select
 from mooframe.solvers.ls import LinearScalarization
 

@@ -11,7 +11,8 @@ from mooframe.pareto_set import ParetoSetModel
 from mooframe.problem import Problem
 from mooframe.registry import SOLVERS, build_solver
 from mooframe.solver import Solver
-from mooframe.solvers.epo import BACKENDS, EPO, adjustment, balance_scale, non_uniformity
+from mooframe.solvers.epo import EPO, adjustment, balance_scale, non_uniformity
+from mooframe.solvers.lp_backends import BACKENDS
 from mooframe.solvers.ls import LinearScalarization
 from mooframe.solvers.mgda import min_norm_weights
 from mooframe.solvers.smooth_tchebycheff import SmoothTchebycheff
@@ -236,7 +237,7 @@ def test_epo_prints_nothing_to_stdout():
     from pathlib import Path
 
     code = (
-        "import torch; from mooframe.solvers.epo import BACKENDS, EPO\n"
+        "import torch; from mooframe.solvers.epo import EPO; from mooframe.solvers.lp_backends import BACKENDS\n"
         "for backend in BACKENDS:\n"
         "    EPO(backend=backend).weights(torch.tensor([1.0, 3.0]), torch.tensor([0.5, 0.5]), torch.eye(2))\n"
     )

@@ -22,7 +22,8 @@ from mooframe.merging.fisher import FISHER_FLOOR, diagonal_fisher, fisher_merge
 from mooframe.merging.regmean import input_grams, regmean_weight
 from mooframe.models.merging import MergingModel, TensorDict, require_merging_problem
 from mooframe.pareto_set import FunctionalModel
-from mooframe.problem import MergingProblem, Problem
+from mooframe.problem import Problem
+from mooframe.problems.merging import MergingProblem
 
 
 class FixedMerge(MergingModel):

@@ -10,7 +10,7 @@ from torch import nn
 
 from mooframe.merging import add_weighted_experts, task_arithmetic, task_vectors, ties_merging
 from mooframe.models.merging import MergingModel, TensorDict, upscaled_modules
-from mooframe.problem import MergingProblem
+from mooframe.problems.merging import MergingProblem
 
 BASES = ("task_arithmetic", "ties", "adamerging")
 

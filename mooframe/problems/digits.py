@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from transformers import CLIPVisionConfig, CLIPVisionModel
 
 from mooframe.adapters.hf_clip import UPSCALE_PRESETS, HFCLIPVisionBackbone
-from mooframe.problem import MergingProblem
+from mooframe.problems.merging import MergingProblem
 
 logger = logging.getLogger(__name__)
 

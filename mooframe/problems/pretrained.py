@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch.utils.data import Subset
 
-from mooframe.problem import MergingProblem
+from mooframe.problems.merging import MergingProblem
 
 #: Storage and autocast dtype of the frozen parts (pretrained model, experts, heads).
 PRECISIONS = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
