@@ -6,7 +6,7 @@ import json
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -15,15 +15,16 @@ from tqdm.auto import tqdm
 
 from mooframe.atomic import EXPORT, RUN, check_output, file_sha256, recover_for_reading, staged_directory
 from mooframe.data import solutions_per_pass
+from mooframe.export import export_solution
 from mooframe.files import check_fields, check_file_hashes, read_json, read_safetensors
 from mooframe.front import Front
 from mooframe.pareto_set import ParetoSetModel
 from mooframe.preferences import PreferenceLike, check_preference, uniform_grid
 from mooframe.problem import Evaluation, Problem
+from mooframe.registry import build_model, build_problem, build_solver, check_options, run_options
+from mooframe.report import evaluation_preferences
+from mooframe.selection import Rule, Selection, concat_fronts, local_refinement, parse_rule, select
 from mooframe.solver import Solver
-
-if TYPE_CHECKING:
-    from mooframe.selection import Rule, Selection
 
 CONFIG_FILE, MODEL_FILE, HISTORY_FILE = "config.json", "model.safetensors", "history.safetensors"
 
@@ -147,8 +148,6 @@ class ParetoSetResult:
         sources (cache folders, model paths, data folders: the class's `path_options`) are not taken from the
         run file: re-supply them in `problem_options`, or pass `trust_paths=True` to use the run's values.
         """
-        from mooframe.registry import build_model, build_problem, build_solver, check_options, run_options
-
         directory = Path(directory)
         recover_for_reading(directory)
         if not directory.is_dir():
@@ -220,9 +219,6 @@ class ParetoSetResult:
         preferences are evaluated on each segment from it to its evaluated neighbours, and the rule is applied again.
         More preferences than `max_preferences` (default `mooframe.report.PREFERENCE_BUDGET`) are refused.
         """
-        from mooframe.report import evaluation_preferences
-        from mooframe.selection import concat_fronts, local_refinement, parse_rule, select
-
         if refine < 1:
             raise ValueError(f"refine must be >= 1 (1: no refinement), got {refine}")
         rule = parse_rule(rule) if isinstance(rule, str) else rule
@@ -244,9 +240,6 @@ class ParetoSetResult:
         at it (taken from the selection, or measured now unless `evaluate=False`), the method, solver and source run.
         Refuses to replace an existing `path` unless `force`.
         """
-        from mooframe.export import export_solution
-        from mooframe.selection import Selection
-
         inputs = [self.source] if self.source else []
         check_output(path, EXPORT, inputs, replace=force)  # before the model is built and evaluated
         measured = (pref.objectives, pref.metrics) if isinstance(pref, Selection) else None

@@ -90,7 +90,7 @@ class ParetoMerging(MergingModel):
                 self.merged = TensorDict(task_arithmetic(theta_0, taus, scaling))
             else:
                 self.merged = TensorDict(ties_merging(theta_0, taus, scaling, top_k))
-        self.adapted = adapted_weights(problem, layers) if rank else []
+        self.adapted = _adapted_weights(problem, layers) if rank else []
         if rank and not self.adapted:
             raise ValueError(f"layers={layers!r} selects no nn.Linear layer of {type(problem.pretrained).__name__}")
         s = pref_rank or self.n_objectives
@@ -114,7 +114,7 @@ class ParetoMerging(MergingModel):
         return params
 
 
-def adapted_weights(problem: MergingProblem, layers: str | Sequence[str]) -> list[str]:
+def _adapted_weights(problem: MergingProblem, layers: str | Sequence[str]) -> list[str]:
     """Names of the weights of the backbone's `nn.Linear` modules: all of them for "all", else those inside the
     modules `layers` selects (a preset name or regular expressions, as PWE-MoE's `upscale`)."""
     linear = [

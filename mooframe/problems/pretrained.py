@@ -48,7 +48,7 @@ def check_precision(precision: str) -> torch.dtype:
     return PRECISIONS[precision]
 
 
-class OncePerMessage(logging.Filter):
+class _OncePerMessage(logging.Filter):
     """Lets each distinct message through once per process (library warnings repeated per task and split)."""
 
     def __init__(self) -> None:
@@ -63,7 +63,7 @@ class OncePerMessage(logging.Filter):
         return True
 
 
-_ONCE = OncePerMessage()
+_ONCE = _OncePerMessage()
 
 
 def load_hf_dataset(source: str | None, hub_id: str, split: str, config: str | None = None) -> Any:

@@ -106,13 +106,13 @@ class EPO(Solver):
 
     def _paper_alpha(self, c: np.ndarray, r: np.ndarray, loss: np.ndarray) -> np.ndarray:
         """alpha of the published LP (balance or descent by mu), or r / sum(r) where it fails."""
-        mu, a = paper_adjustment(r, loss)
+        mu, a = _paper_adjustment(r, loss)
         if not np.isfinite(a).all():
             self._counts["ls_fallbacks"] += 1
             return r / r.sum()
         mode = "balance" if mu > self.eps else "descent"
         self._counts[mode] += 1
-        alpha = self._lps.solve(mode, paper_balance_lp(c, a, r * loss) if mode == "balance" else descent_lp(c, a, 0.0))
+        alpha = self._lps.solve(mode, _paper_balance_lp(c, a, r * loss) if mode == "balance" else descent_lp(c, a, 0.0))
         if alpha is None:
             self._counts["ls_fallbacks"] += 1
             return r / r.sum()
@@ -171,7 +171,7 @@ def descent_lp(c: np.ndarray, a: np.ndarray, slack: float = _SLACK) -> LP:
     return LP(c.sum(0), np.vstack([ca, c]), np.concatenate([[min(ca.max(), 0.0)], np.zeros(len(c))]) - slack)
 
 
-def paper_adjustment(r: np.ndarray, losses: np.ndarray) -> tuple[float, np.ndarray]:
+def _paper_adjustment(r: np.ndarray, losses: np.ndarray) -> tuple[float, np.ndarray]:
     """(mu, a) as EPOSearch computes them: l_hat = r l / sum(r l), mu over the l_hat above machine epsilon,
     a = r (log(T l_hat) - mu), unclipped (so a is NaN where r_t = 0)."""
     rl = r * losses
@@ -182,7 +182,7 @@ def paper_adjustment(r: np.ndarray, losses: np.ndarray) -> tuple[float, np.ndarr
         return mu, r * (np.log(l_hat * len(rl)) - mu)
 
 
-def paper_balance_lp(c: np.ndarray, a: np.ndarray, rl: np.ndarray) -> LP:
+def _paper_balance_lp(c: np.ndarray, a: np.ndarray, rl: np.ndarray) -> LP:
     """The published balance LP: max alpha^T C a  s.t.  (C alpha)_j >= (C a)_j for the j with (C a)_j <= 0 and
     (C alpha)_j >= 0 for the largest r_j l_j when some (C a)_j > 0, else C alpha >= 0; a unscaled, no slack."""
     ca = c @ a
