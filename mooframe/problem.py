@@ -6,12 +6,12 @@ import itertools
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
-from mooframe.params import get_params
+from mooframe.params import spec_of
 
 
 @dataclass
@@ -30,10 +30,13 @@ class Problem(ABC):
     Subclasses store each constructor argument as an attribute of the same name (see `mooframe.params`).
     """
 
-    #: set by the registry when the problem was built by name; lets a saved run rebuild it.
-    registry_name: str | None = None
+    #: the name the registry knows this class by (`mooframe list`); None for a class not registered.
+    registry_name: ClassVar[str | None] = None
     #: constructor options naming paths or sources to read: never taken from a run file unconfirmed.
-    path_options: tuple[str, ...] = ()
+    path_options: ClassVar[tuple[str, ...]] = ()
+    #: constructor options that change how it runs, not what it computes (progress bars, cache folders): not part
+    #: of a run's spec, supplied again where a run is loaded (`problem_options=`) or resumed.
+    runtime_options: ClassVar[tuple[str, ...]] = ()
 
     @property
     @abstractmethod
@@ -78,7 +81,5 @@ class Problem(ABC):
         return self
 
     def spec(self) -> dict[str, Any] | None:
-        """How to rebuild this problem by name (`{"name", "kwargs"}`), or None if it was not built by name."""
-        if self.registry_name is None:
-            return None
-        return {"name": self.registry_name, "kwargs": get_params(self)}
+        """How to rebuild this problem by name (`{"name", "kwargs"}`), or None if its class is not registered."""
+        return spec_of(self)

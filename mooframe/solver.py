@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
-from mooframe.params import get_params
+from mooframe.params import spec_of
 
 
 class Solver(ABC):
@@ -20,7 +20,10 @@ class Solver(ABC):
 
     #: True when `weights` needs the T x T Gram matrix G G^T of the per-task gradients.
     needs_gram: bool = False
-    registry_name: str | None = None
+    #: the name the registry knows this class by (`mooframe list`); None for a class not registered.
+    registry_name: ClassVar[str | None] = None
+    #: constructor options that change how it runs, not what it computes: not part of a run's spec.
+    runtime_options: ClassVar[tuple[str, ...]] = ()
 
     def reset(self, n_objectives: int) -> None:
         """Prepare for a run with T objectives (called once by `solve` before the first step)."""
@@ -41,6 +44,6 @@ class Solver(ABC):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what `state_dict` returned."""
 
-    def spec(self) -> dict[str, Any]:
-        """How to rebuild this solver (`{"name", "kwargs"}`)."""
-        return {"name": self.registry_name or type(self).__name__, "kwargs": get_params(self)}
+    def spec(self) -> dict[str, Any] | None:
+        """How to rebuild this solver by name (`{"name", "kwargs"}`), or None if its class is not registered."""
+        return spec_of(self)

@@ -59,6 +59,8 @@ class ParetoMerging(MergingModel):
             against module names) selects.
     """
 
+    registry_name = "pareto_merging"
+
     def __init__(
         self,
         problem: MergingProblem,

@@ -80,7 +80,9 @@ class MultiTaskDigits(MergingProblem):
         progress: show progress bars while building (the first use of a seed and merge_fraction).
     """
 
-    path_options = ("cache_dir",)
+    registry_name = "digits"
+
+    runtime_options = ("cache_dir", "progress")
 
     def __init__(
         self,

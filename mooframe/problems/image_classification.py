@@ -59,7 +59,10 @@ class CLIPImageClassification(PretrainedMergingProblem):
         objective, batch_size, eval_batch_size: as in MergingProblem.
     """
 
-    path_options = ("model", "pretrained_weights", "experts", "data", "head_cache")
+    registry_name = "clip_image_classification"
+
+    path_options = ("model", "pretrained_weights", "experts", "data")
+    runtime_options = ("head_cache", "decoded_cache")
 
     def __init__(
         self,

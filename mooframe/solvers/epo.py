@@ -54,6 +54,8 @@ class EPO(Solver):
             reports tight LPs infeasible and falls back more often). Figures: benchmarks/solvers.py.
     """
 
+    registry_name = "epo"
+
     needs_gram = True
 
     def __init__(self, eps: float = 1e-4, backend: str = "simplex", lp: str = "mooframe") -> None:

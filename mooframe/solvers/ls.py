@@ -13,5 +13,7 @@ class LinearScalarization(Solver):
     Reaches only the convex part of a Pareto front.
     """
 
+    registry_name = "ls"
+
     def weights(self, losses: torch.Tensor, pref: torch.Tensor, gram: torch.Tensor | None = None) -> torch.Tensor:
         return pref.to(losses)

@@ -24,6 +24,8 @@ class MGDA(Solver):
         tol: relative optimality tolerance on the duality gap, scaled by the largest squared gradient norm.
     """
 
+    registry_name = "mgda"
+
     needs_gram = True
 
     def __init__(self, tol: float = 1e-12) -> None:

@@ -23,6 +23,8 @@ class Tchebycheff(Solver):
             locks the whole set onto one end of the front (HV ratio 0.20 against 0.97 with z = 0).
     """
 
+    registry_name = "tchebycheff"
+
     def __init__(self, ideal: float | Sequence[float] | None = 0.0) -> None:
         self.ideal = ideal if ideal is None or isinstance(ideal, (int, float)) else [float(v) for v in ideal]
         self._running_min: torch.Tensor | None = None
