@@ -68,10 +68,10 @@ class CvxpyEPO(EPO):
         super().__init__()
         self.rebuild = rebuild
 
-    def weights(self, losses, pref, gram=None):
+    def _weights(self, losses, pref, gram):
         if self.rebuild or self._lps is None:
             self._lps = CvxpyLPs("HIGHS")
-        return super().weights(losses, pref, gram)
+        return super()._weights(losses, pref, gram)
 
 
 def case_lp(losses: torch.Tensor, pref: torch.Tensor, gram: torch.Tensor) -> LP:

@@ -57,20 +57,62 @@ class Problem(ABC):
         """
         return itertools.repeat(None)
 
+    def losses(self, solution: Any, batch: Any = None) -> torch.Tensor:
+        """The T training losses of `solution` on `batch`, shape (T,), differentiable (`_losses`, checked).
+
+        RuntimeError when `_losses` returns anything but a float tensor whose last dimension is T. Its values are
+        not checked here: a non-finite loss is a training event `solve` handles (`on_nonfinite`).
+        """
+        values = self._losses(solution, batch)
+        if not isinstance(values, torch.Tensor) or values.shape[-1:] != (self.n_objectives,):
+            shown = tuple(values.shape) if isinstance(values, torch.Tensor) else type(values).__name__
+            raise RuntimeError(f"{type(self).__name__}._losses returned {shown}, not ({self.n_objectives},) losses")
+        if not values.is_floating_point():
+            raise RuntimeError(f"{type(self).__name__}._losses returned {values.dtype} losses, not floating point")
+        return values
+
     @abstractmethod
-    def losses(self, solution: Any, batch: Any) -> torch.Tensor:
-        """The T training losses of `solution` on `batch`, shape (T,), differentiable."""
+    def _losses(self, solution: Any, batch: Any) -> torch.Tensor:
+        """What a problem implements: the T training losses of `solution` on `batch`, shape (T,), differentiable."""
 
     def evaluate(self, solution: Any) -> Evaluation:
-        """Score a solution: objectives to minimize (shape (T,)) and optional per-task metrics."""
+        """Score a solution: objectives to minimize (shape (T,)) and optional per-task metrics (`_evaluate`,
+        checked: RuntimeError unless the objectives are T finite numbers and each metric has T values)."""
+        return self._checked(self._evaluate(solution))
+
+    def _evaluate(self, solution: Any) -> Evaluation:
+        """The evaluation of one solution; by default its losses on the first training batch."""
         with torch.no_grad():
             values = self.losses(solution, next(iter(self.batches(np.random.default_rng(0)))))
         return Evaluation(objectives=values.detach().double().cpu().numpy())
 
     def evaluate_many(self, solutions: Sequence[Any], progress: bool = False) -> list[Evaluation]:
-        """`[self.evaluate(s) for s in solutions]`; problems with data override it to read each example once for
-        all the solutions (and show their progress, in examples per second, when `progress`)."""
-        return [self.evaluate(solution) for solution in solutions]
+        """`[self.evaluate(s) for s in solutions]`, each checked as `evaluate`'s; problems with data override
+        `_evaluate_many` to read each example once for all the solutions (and show their progress, in examples per
+        second, when `progress`)."""
+        evaluations = self._evaluate_many(solutions, progress)
+        if len(evaluations) != len(solutions):
+            raise RuntimeError(
+                f"{type(self).__name__}._evaluate_many returned {len(evaluations)} evaluations for "
+                f"{len(solutions)} solutions"
+            )
+        return [self._checked(evaluation) for evaluation in evaluations]
+
+    def _evaluate_many(self, solutions: Sequence[Any], progress: bool) -> list[Evaluation]:
+        """One `Evaluation` per solution; by default `_evaluate` of each."""
+        return [self._evaluate(solution) for solution in solutions]
+
+    def _checked(self, evaluation: Evaluation) -> Evaluation:
+        name, n = type(self).__name__, self.n_objectives
+        objectives = np.asarray(evaluation.objectives, dtype=float)
+        if objectives.shape != (n,) or not np.isfinite(objectives).all():
+            raise RuntimeError(
+                f"{name} evaluated a solution to objectives {objectives.tolist()}: expected {n} finite numbers"
+            )
+        for metric, values in evaluation.metrics.items():
+            if np.shape(values) != (n,):
+                raise RuntimeError(f"{name}'s metric {metric!r} has shape {np.shape(values)}, expected ({n},)")
+        return evaluation
 
     def true_front(self, n_points: int = 1000) -> np.ndarray | None:
         """Points on the true Pareto front, shape (n, T), when it is known; otherwise None."""

@@ -675,8 +675,8 @@ def test_checkpoint_names_sort_by_step_at_any_step_count(checkpoint):
 class _HugeZDT1(ZDT1):
     """ZDT1 with losses (and gradients) 1e30 times larger: finite, but an update of lr 1e10 overflows float32."""
 
-    def losses(self, solution, batch):
-        return super().losses(solution, batch) * 1e30
+    def _losses(self, solution, batch):
+        return super()._losses(solution, batch) * 1e30
 
 
 def test_skip_never_saves_non_finite_parameters(tmp_path):

@@ -105,7 +105,7 @@ class _Target(Problem):
 
     n_objectives = 2
 
-    def losses(self, solution: torch.Tensor, batch: object = None) -> torch.Tensor:
+    def _losses(self, solution: torch.Tensor, batch: object = None) -> torch.Tensor:
         return (solution - torch.tensor([0.372, 0.628])) ** 2
 
 

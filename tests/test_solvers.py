@@ -31,7 +31,7 @@ class TwoQuadratics(Problem):
     def n_objectives(self) -> int:
         return 2
 
-    def losses(self, solution: torch.Tensor, batch: object = None) -> torch.Tensor:
+    def _losses(self, solution: torch.Tensor, batch: object = None) -> torch.Tensor:
         return torch.stack([((solution - self.a) ** 2).sum(), ((solution - self.b) ** 2).sum()]) + 0.01
 
 
@@ -53,7 +53,7 @@ class FixedPreference(Solver):
         self.inner, self.r = inner, torch.tensor(r)
         self.needs_gram = inner.needs_gram
 
-    def weights(self, losses: torch.Tensor, pref: torch.Tensor, gram: torch.Tensor | None = None) -> torch.Tensor:
+    def _weights(self, losses: torch.Tensor, pref: torch.Tensor, gram: torch.Tensor | None) -> torch.Tensor:
         return self.inner.weights(losses, self.r, gram)
 
 

@@ -155,7 +155,7 @@ class MergingProblem(Problem):
         features = solution(**inputs) if isinstance(inputs, Mapping) else solution(inputs)
         return self.heads[task](features)
 
-    def losses(self, solution: Callable[..., torch.Tensor], batch: list[tuple[Any, torch.Tensor]]) -> torch.Tensor:
+    def _losses(self, solution: Callable[..., torch.Tensor], batch: list[tuple[Any, torch.Tensor]]) -> torch.Tensor:
         if self.objective == "weight_distance":
             return expert_distances(solution_parameters(solution), self.expert_states)
         values = []
@@ -167,13 +167,11 @@ class MergingProblem(Problem):
                 values.append(prediction_entropy(logits))
         return torch.stack(values)
 
-    def evaluate(self, solution: Callable[..., torch.Tensor]) -> Evaluation:
+    def _evaluate(self, solution: Callable[..., torch.Tensor]) -> Evaluation:
         """Per-task accuracy and cross-entropy on the test data; the objectives are the errors 1 - accuracy."""
-        return self.evaluate_many([solution])[0]
+        return self._evaluate_many([solution], progress=False)[0]
 
-    def evaluate_many(
-        self, solutions: Sequence[Callable[..., torch.Tensor]], progress: bool = False
-    ) -> list[Evaluation]:
+    def _evaluate_many(self, solutions: Sequence[Callable[..., torch.Tensor]], progress: bool) -> list[Evaluation]:
         """`evaluate` of each solution, reading and decoding each test example once: every test batch is scored by
         all the solutions in turn. The counts are summed on the device and read once at the end."""
         n, n_tasks = len(solutions), self.n_objectives

@@ -31,12 +31,12 @@ class SyntheticProblem(Problem):
     def objectives(self, x: torch.Tensor) -> torch.Tensor:
         """Objective values for decision vectors x of shape (..., n_var); returns shape (..., T)."""
 
-    def losses(self, solution: torch.Tensor, batch: object = None) -> torch.Tensor:
+    def _losses(self, solution: torch.Tensor, batch: object) -> torch.Tensor:
         if solution.shape[-1] != self.n_var:
             raise ValueError(f"{type(self).__name__} expects {self.n_var} decision variables, got {solution.shape[-1]}")
         return self.objectives(solution)
 
-    def evaluate(self, solution: torch.Tensor) -> Evaluation:
+    def _evaluate(self, solution: torch.Tensor) -> Evaluation:
         with torch.no_grad():
             return Evaluation(objectives=self.objectives(solution.double()).cpu().numpy())
 

@@ -6,7 +6,6 @@ import numpy as np
 import torch
 
 from mooframe.solver import Solver
-from mooframe.solvers.gram import check_gram
 from mooframe.solvers.lp_backends import BACKENDS, LP, CvxpyLPs, HighsLPs, SimplexLPs
 
 _TINY = 1e-12
@@ -57,6 +56,8 @@ class EPO(Solver):
     registry_name = "epo"
 
     needs_gram = True
+    needs_nonnegative_losses = True
+    nonnegative_weights = True
 
     def __init__(self, eps: float = 1e-4, backend: str = "simplex", lp: str = "mooframe") -> None:
         if not eps > 0:
@@ -74,13 +75,11 @@ class EPO(Solver):
         self._counts = dict.fromkeys(self._counts, 0)
         self._lps = None
 
-    def weights(self, losses: torch.Tensor, pref: torch.Tensor, gram: torch.Tensor | None = None) -> torch.Tensor:
+    def _weights(self, losses: torch.Tensor, pref: torch.Tensor, gram: torch.Tensor | None) -> torch.Tensor:
         n = losses.numel()
-        c = check_gram(gram, n, "EPO")
-        r = pref.detach().double().cpu().numpy()
-        loss = losses.detach().double().cpu().numpy()
-        if (loss < 0).any():
-            raise ValueError(f"EPO needs non-negative losses (it balances r * l on a log scale); got {loss.tolist()}")
+        c = gram.numpy()
+        r = pref.double().cpu().numpy()
+        loss = losses.double().cpu().numpy()
         scale = float(np.abs(c).max())
         if n == 1 or scale == 0:  # one objective (r = [1]), or zero gradients: any alpha gives the same update
             return torch.as_tensor(r * (n if self.lp == "paper" else 1))

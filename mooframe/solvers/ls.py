@@ -14,6 +14,7 @@ class LinearScalarization(Solver):
     """
 
     registry_name = "ls"
+    nonnegative_weights = True
 
-    def weights(self, losses: torch.Tensor, pref: torch.Tensor, gram: torch.Tensor | None = None) -> torch.Tensor:
+    def _weights(self, losses: torch.Tensor, pref: torch.Tensor, gram: torch.Tensor | None) -> torch.Tensor:
         return pref.to(losses)

@@ -24,6 +24,7 @@ class Tchebycheff(Solver):
     """
 
     registry_name = "tchebycheff"
+    nonnegative_weights = True
 
     def __init__(self, ideal: float | Sequence[float] | None = 0.0) -> None:
         self.ideal = ideal if ideal is None or isinstance(ideal, (int, float)) else [float(v) for v in ideal]
@@ -37,7 +38,7 @@ class Tchebycheff(Solver):
             )
         self._running_min = None
 
-    def weights(self, losses: torch.Tensor, pref: torch.Tensor, gram: torch.Tensor | None = None) -> torch.Tensor:
+    def _weights(self, losses: torch.Tensor, pref: torch.Tensor, gram: torch.Tensor | None) -> torch.Tensor:
         pref = pref.to(losses)
         return self.scalarization_gradient(pref * (losses - self.ideal_point(losses)), pref)
 
