@@ -9,7 +9,7 @@ import torch
 from mooframe import solve
 from mooframe.pareto_set import ParetoSetModel
 from mooframe.problem import Problem
-from mooframe.registry import SOLVERS, build_solver
+from mooframe.registry import SOLVERS, build_solver, resolve
 from mooframe.solver import Solver
 from mooframe.solvers.epo import EPO, adjustment, balance_scale, non_uniformity
 from mooframe.solvers.lp_backends import BACKENDS
@@ -18,7 +18,7 @@ from mooframe.solvers.mgda import min_norm_weights
 from mooframe.solvers.smooth_tchebycheff import SmoothTchebycheff
 from mooframe.solvers.tchebycheff import Tchebycheff
 
-GRAM_SOLVERS = ["epo", "mgda", "upgrad", "dualproj"]
+GRAM_SOLVERS = [name for name in sorted(SOLVERS) if resolve("solver", name).needs_gram]
 
 
 class TwoQuadratics(Problem):
