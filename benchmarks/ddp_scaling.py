@@ -24,7 +24,7 @@ import torch.multiprocessing as mp
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from mooframe.problem import MergingProblem
+from mooframe.problems.merging import MergingProblem
 from mooframe.solve import solve
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))

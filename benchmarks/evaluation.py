@@ -30,8 +30,8 @@ from transformers import CLIPVisionConfig, CLIPVisionModel
 from mooframe import solve
 from mooframe.adapters.hf_clip import UPSCALE_PRESETS, HFCLIPVisionBackbone
 from mooframe.preferences import uniform_grid
-from mooframe.problem import MergingProblem
 from mooframe.problems.image_classification import ImageDataset, clip_transform
+from mooframe.problems.merging import MergingProblem
 
 TOWER = dict(image_size=224, patch_size=32, hidden_size=32, intermediate_size=64, num_hidden_layers=1)
 

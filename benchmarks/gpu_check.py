@@ -39,8 +39,8 @@ from mooframe import solve
 from mooframe.adapters.hf_clip import UPSCALE_PRESETS, HFCLIPVisionBackbone
 from mooframe.data import TrainingBatches, available_cores, default_workers
 from mooframe.preferences import uniform_grid
-from mooframe.problem import MergingProblem
 from mooframe.problems.image_classification import ImageDataset, clip_transform
+from mooframe.problems.merging import MergingProblem
 from mooframe.registry import build_model, build_solver
 
 #: (width, height) of typical images of the eight tasks (several vary in size; these are representative).

@@ -54,7 +54,7 @@ def measure(case: str, tasks: int, steps: int, batch: int, repeats: int, threads
     from mooframe import solve
     from mooframe.adapters.hf_clip import UPSCALE_PRESETS, HFCLIPVisionBackbone
     from mooframe.models.pwe_moe import PWEMoE
-    from mooframe.problem import MergingProblem
+    from mooframe.problems.merging import MergingProblem
     from mooframe.solvers.ls import LinearScalarization
 
     torch.set_num_threads(threads)

@@ -48,7 +48,7 @@ def measure(case: str, size: str, device: str, steps: int, batch: int, repeats: 
 
     from mooframe import solve
     from mooframe.adapters.hf_clip import UPSCALE_PRESETS, HFCLIPVisionBackbone
-    from mooframe.problem import MergingProblem
+    from mooframe.problems.merging import MergingProblem
     from mooframe.registry import build_model
     from mooframe.solvers.ls import LinearScalarization
 

@@ -27,18 +27,8 @@ from pymoo.indicators.hv import HV
 from scipy.optimize import linprog
 
 from mooframe import solve
-from mooframe.solvers.epo import (
-    BACKENDS,
-    EPO,
-    LP,
-    CvxpyLPs,
-    HighsLPs,
-    SimplexLPs,
-    adjustment,
-    balance_lp,
-    descent_lp,
-    non_uniformity,
-)
+from mooframe.solvers.epo import EPO, adjustment, balance_lp, descent_lp, non_uniformity
+from mooframe.solvers.lp_backends import BACKENDS, LP, CvxpyLPs, HighsLPs, SimplexLPs
 from mooframe.solvers.mgda import min_norm_weights
 
 REPEATS = 200
@@ -78,10 +68,10 @@ class CvxpyEPO(EPO):
         super().__init__()
         self.rebuild = rebuild
 
-    def weights(self, losses, pref, gram=None):
+    def _weights(self, losses, pref, gram):
         if self.rebuild or self._lps is None:
             self._lps = CvxpyLPs("HIGHS")
-        return super().weights(losses, pref, gram)
+        return super()._weights(losses, pref, gram)
 
 
 def case_lp(losses: torch.Tensor, pref: torch.Tensor, gram: torch.Tensor) -> LP:

@@ -37,8 +37,8 @@ from mooframe.atomic import (
     remove_artifact,
     staged_directory,
 )
+from mooframe.files import check_fields, check_file_hashes, read_json, read_safetensors
 from mooframe.pareto_set import ParetoSetModel
-from mooframe.result import check_fields, check_file_hashes, read_json, read_safetensors
 from mooframe.solver import Solver
 
 STATE_FILE, TENSORS_FILE = "state.json", "tensors.safetensors"
@@ -90,7 +90,7 @@ class TrainingState:
             if not torch.isfinite(tensor).all():
                 raise FloatingPointError(f"refusing to checkpoint non-finite trainable parameter {name!r}")
         with claimed_directory(directory, CHECKPOINTS) as directory:
-            target = directory / step_folder_name(self.step)
+            target = directory / _step_folder_name(self.step)
             with staged_directory(target, CHECKPOINT) as staging:
                 tensors, json_state = self._snapshot(params)
                 save_file(tensors, str(staging / TENSORS_FILE))
@@ -193,7 +193,7 @@ class TrainingState:
         return {"state": per_param, "param_groups": groups}
 
 
-def step_folder_name(step: int) -> str:
+def _step_folder_name(step: int) -> str:
     """`step-00000042`: zero-padded to 8 digits, so names sort by step up to 99,999,999 (longer names beyond)."""
     return f"step-{step:08d}"
 
@@ -292,7 +292,7 @@ TERMINATION_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHU
 
 
 @contextlib.contextmanager
-def deferred_interrupt(signals: Sequence[int] = (signal.SIGINT,)) -> Iterator[InterruptFlag]:
+def _deferred_interrupt(signals: Sequence[int] = (signal.SIGINT,)) -> Iterator[InterruptFlag]:
     """Turn `signals` (Ctrl-C by default) into a flag checked between steps, so a step is never cut in half.
 
     Yields an event that is set on such a signal; the caller checkpoints and raises `Interrupted`. A second signal
@@ -327,5 +327,5 @@ def guarded_training(checkpoint_dir: str | Path | None, writer: bool = True) -> 
     defer Ctrl-C, and SIGTERM and SIGHUP too when checkpointing, to the end of the current step."""
     hold = locked(checkpoint_dir) if checkpoint_dir is not None and writer else contextlib.nullcontext()
     signals = (signal.SIGINT, *TERMINATION_SIGNALS) if checkpoint_dir is not None else (signal.SIGINT,)
-    with hold, deferred_interrupt(signals) as flag:
+    with hold, _deferred_interrupt(signals) as flag:
         yield flag

@@ -177,7 +177,8 @@ def _add_run_reading_options(parser: argparse.ArgumentParser) -> None:
         "--problem-option",
         action="append",
         metavar="KEY=VALUE",
-        help="re-supply a path option of the runs' problem (cache folders, model paths, data sources)",
+        help="re-supply a path option (model paths, data sources) or a runtime option (cache folders, progress) "
+        "of the runs' problem",
     )
     parser.add_argument(
         "--trust-run-paths", action="store_true", help="use the path options recorded in the run files as they are"

@@ -25,14 +25,15 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from mooframe.atomic import DEMO, check_output, marker, staged_directory
+from mooframe.front import Front
 from mooframe.models.baselines import FixedMerge
 from mooframe.models.pwe_moe import PWEMoE
 from mooframe.pareto_set import FunctionalModel
 from mooframe.preferences import equal_preference
-from mooframe.problem import MergingProblem
 from mooframe.problems.digits import DEFAULT_TASKS, MultiTaskDigits, torch_threads
+from mooframe.problems.merging import MergingProblem
 from mooframe.report import compare_fronts, evaluation_preferences, write_report
-from mooframe.result import Front, ParetoSetResult
+from mooframe.result import ParetoSetResult
 from mooframe.solve import solve
 from mooframe.solvers.epo import non_uniformity
 

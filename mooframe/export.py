@@ -44,7 +44,7 @@ def export_solution(
     path = check_output(path, EXPORT, inputs, replace=force)
     _check_finite(solution)
     with staged_directory(path, EXPORT, inputs, replace=force) as staging:
-        family = write_checkpoint(solution, staging)
+        family = _write_checkpoint(solution, staging)
         card = {"format": EXPORT.format, "family": family, **card}
         (staging / CARD_FILE).write_text(json.dumps(card, indent=2))
         _share_like_directory(staging)
@@ -56,18 +56,18 @@ def _check_finite(solution: Any) -> None:
     if isinstance(solution, torch.Tensor):
         tensors = {"solution": solution}
     else:
-        tensors = solution.params if isinstance(solution, FunctionalModel) else as_module(solution).state_dict()
+        tensors = solution.params if isinstance(solution, FunctionalModel) else _as_module(solution).state_dict()
     bad = [name for name, t in tensors.items() if t.is_floating_point() and not torch.isfinite(t).all()]
     if bad:
         raise ValueError(f"the model to export has non-finite parameters {bad[:5]}; refusing to export it")
 
 
-def write_checkpoint(solution: Any, directory: Path) -> str:
+def _write_checkpoint(solution: Any, directory: Path) -> str:
     """Write the checkpoint files of `solution` into the existing `directory`; return the family written."""
     if isinstance(solution, torch.Tensor):
         save_file({"solution": solution.detach().cpu().contiguous()}, str(directory / SAFETENSORS_FILE))
         return "tensor"
-    module = as_module(solution)
+    module = _as_module(solution)
     family, library_model = (module.family, module.model) if isinstance(module, Backbone) else ("torch", module)
     if family.startswith("hf_"):
         library_model.save_pretrained(str(directory))
@@ -80,7 +80,7 @@ def write_checkpoint(solution: Any, directory: Path) -> str:
     return family
 
 
-def as_module(solution: Any) -> nn.Module:
+def _as_module(solution: Any) -> nn.Module:
     """`solution` as a standalone module: a `FunctionalModel`'s parameters are written into a copy of its module."""
     if isinstance(solution, nn.Module):
         return solution

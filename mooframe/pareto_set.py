@@ -6,13 +6,13 @@ import itertools
 from abc import ABC, abstractmethod
 from collections.abc import Hashable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 from torch.func import functional_call
 
-from mooframe.params import get_params
+from mooframe.params import spec_of
 from mooframe.preferences import PreferenceLike, check_preference
 from mooframe.problem import Problem
 
@@ -44,7 +44,10 @@ class ParetoSetModel(nn.Module, ABC):
     Subclasses take the problem as first constructor argument and store the others as same-named attributes.
     """
 
-    registry_name: str | None = None
+    #: the name the registry knows this class by (`mooframe list`); None for a class not registered.
+    registry_name: ClassVar[str | None] = None
+    #: constructor options that change how it runs, not what it computes: not part of a run's spec.
+    runtime_options: ClassVar[tuple[str, ...]] = ()
     #: learning rate `solve()` uses when not told (the PWE-MoE paper's)
     default_lr: float = 1e-2
     #: steps of linear learning-rate warm-up `solve()` uses when not told (at most a tenth of its steps)
@@ -104,7 +107,5 @@ class ParetoSetModel(nn.Module, ABC):
         return tensor.device if tensor is not None else torch.device("cpu")
 
     def spec(self) -> dict[str, Any] | None:
-        """How to rebuild this model by name (`{"name", "kwargs"}`), or None if it was not built by name."""
-        if self.registry_name is None:
-            return None
-        return {"name": self.registry_name, "kwargs": get_params(self)}
+        """How to rebuild this model by name (`{"name", "kwargs"}`), or None if its class is not registered."""
+        return spec_of(self)

@@ -83,14 +83,12 @@ def build_solver(solver: str | Solver, **kwargs: Any) -> Solver:
 
 def _build(kind: str, base: type[T], spec: str | T, args: tuple, kwargs: dict[str, Any]) -> T:
     """`spec` itself if it is a `base` instance (then no kwargs), else the class registered as `spec`, built from
-    `args` and `kwargs` and tagged with its registered name."""
+    `args` and `kwargs`."""
     if isinstance(spec, base):
         _reject_kwargs(kwargs, spec)
         return spec
     check_options(kind, spec, kwargs)
-    instance = resolve(kind, spec)(*args, **kwargs)
-    instance.registry_name = spec.lower()
-    return instance
+    return resolve(kind, spec)(*args, **kwargs)
 
 
 def check_options(kind: str, name: str, options: dict[str, Any], source: str | None = None) -> None:
@@ -118,17 +116,22 @@ def run_options(
 ) -> dict[str, Any]:
     """The constructor options to rebuild a run's `kind` from its saved options, checked.
 
-    Options the class lists in `path_options` (folders, model paths, data sources) are taken from the run file
-    only when they equal the constructor's default, or with `trust_paths`; `supplied` re-supplies them.
+    Options the class lists in `path_options` (model paths, data sources) are taken from the run file only when
+    they equal the constructor's default, or with `trust_paths`; `supplied` re-supplies them. Its
+    `runtime_options` (progress bars, cache folders) are never taken from a run file (runs saved before they were
+    left out hold them); `supplied` gives them.
     """
     cls = resolve(kind, name)
-    paths = tuple(getattr(cls, "path_options", ()))
-    extra = sorted(set(supplied) - set(paths))
+    paths, runtime = tuple(getattr(cls, "path_options", ())), tuple(getattr(cls, "runtime_options", ()))
+    extra = sorted(set(supplied) - set(paths) - set(runtime))
     if extra:
-        raise ValueError(
-            f"options {extra} cannot be re-supplied for the run's {kind} {name}: only its path options can "
-            f"({', '.join(paths) or 'it has none'})"
+        accepted = (
+            f"path options ({', '.join(paths) or 'none'}) and runtime options ({', '.join(runtime) or 'none'}) can"
         )
+        if not paths and not runtime:
+            accepted = "path and runtime options can (it has none)"
+        raise ValueError(f"options {extra} cannot be re-supplied for the run's {kind} {name}: only its {accepted}")
+    saved = {key: value for key, value in saved.items() if key not in runtime}
     defaults = {key: p.default for key, p in _parameters(cls).items()}
     unconfirmed = {k: v for k, v in saved.items() if k in paths and k not in supplied and v != defaults.get(k)}
     if unconfirmed and not trust_paths:

@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 
 from mooframe.atomic import REPORT, staged_directory
+from mooframe.front import Front
 from mooframe.indicators import HypervolumeResult, as_points, hypervolume, igd, igd_plus, non_dominated
 from mooframe.preferences import equal_preference, uniform_grid, unit_preferences
-from mooframe.result import Front
 
 _PREF_TOLERANCE = 1e-6  # matches preferences that went through float32
 ERROR_NOTE = "objectives are errors 1 - accuracy (lower is better)"

@@ -2,55 +2,31 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import re
 from collections.abc import Hashable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from mooframe.atomic import EXPORT, RUN, check_output, file_sha256, recover_for_reading, staged_directory
 from mooframe.data import solutions_per_pass
+from mooframe.export import export_solution
+from mooframe.files import check_fields, check_file_hashes, read_json, read_safetensors
+from mooframe.front import Front
 from mooframe.pareto_set import ParetoSetModel
 from mooframe.preferences import PreferenceLike, check_preference, uniform_grid
 from mooframe.problem import Evaluation, Problem
+from mooframe.registry import build_model, build_problem, build_solver, check_options, run_options
+from mooframe.report import evaluation_preferences
+from mooframe.selection import Rule, Selection, concat_fronts, local_refinement, parse_rule, select
 from mooframe.solver import Solver
 
-if TYPE_CHECKING:
-    from mooframe.selection import Rule, Selection
-
 CONFIG_FILE, MODEL_FILE, HISTORY_FILE = "config.json", "model.safetensors", "history.safetensors"
-
-
-@dataclass
-class Front:
-    """Objective values (minimized) and per-task metrics of a Pareto set at a list of preferences."""
-
-    prefs: np.ndarray
-    objectives: np.ndarray
-    objective_names: list[str]
-    metrics: dict[str, np.ndarray] = field(default_factory=dict)
-
-    def to_csv(self, path: str | Path) -> None:
-        """One row per preference: the preference, the objectives, then each metric per objective."""
-        names = self.objective_names
-        header = [f"pref_{n}" for n in names] + list(names)
-        header += [f"{metric}_{n}" for metric in self.metrics for n in names]
-        with open(path, "w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(header)
-            for i in range(len(self.prefs)):
-                row = [*self.prefs[i], *self.objectives[i]]
-                for values in self.metrics.values():
-                    row.extend(values[i])
-                writer.writerow([f"{v:.10g}" for v in row])
 
 
 class ParetoSetResult:
@@ -191,8 +167,6 @@ class ParetoSetResult:
         sources (cache folders, model paths, data folders: the class's `path_options`) are not taken from the
         run file: re-supply them in `problem_options`, or pass `trust_paths=True` to use the run's values.
         """
-        from mooframe.registry import build_model, build_problem, build_solver, check_options, run_options
-
         directory = Path(directory)
         recover_for_reading(directory)
         if not directory.is_dir():
@@ -264,9 +238,6 @@ class ParetoSetResult:
         preferences are evaluated on each segment from it to its evaluated neighbours, and the rule is applied again.
         More preferences than `max_preferences` (default `mooframe.report.PREFERENCE_BUDGET`) are refused.
         """
-        from mooframe.report import evaluation_preferences
-        from mooframe.selection import concat_fronts, local_refinement, parse_rule, select
-
         if refine < 1:
             raise ValueError(f"refine must be >= 1 (1: no refinement), got {refine}")
         rule = parse_rule(rule) if isinstance(rule, str) else rule
@@ -288,9 +259,6 @@ class ParetoSetResult:
         at it (taken from the selection, or measured now unless `evaluate=False`), the method, solver and source run.
         Refuses to replace an existing `path` unless `force`.
         """
-        from mooframe.export import export_solution
-        from mooframe.selection import Selection
-
         inputs = [self.source] if self.source else []
         check_output(path, EXPORT, inputs, replace=force)  # before the model is built and evaluated
         measured = (pref.objectives, pref.metrics) if isinstance(pref, Selection) else None
@@ -368,59 +336,3 @@ def _check_history(tensors: dict[str, torch.Tensor], n_objectives: int, path: Pa
 
 def _by_task(names: list[str], values: PreferenceLike) -> dict[str, float]:
     return dict(zip(names, np.asarray(values, dtype=float).flatten().tolist(), strict=True))
-
-
-def read_json(path: Path) -> dict[str, Any]:
-    """The JSON object in `path`; FileNotFoundError or ValueError naming the file otherwise."""
-    if not path.is_file():
-        raise FileNotFoundError(f"missing file {path}")
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ValueError(f"corrupt JSON in {path}: {error}") from error
-    if not isinstance(data, dict):
-        raise ValueError(f"{path} must hold a JSON object, got {type(data).__name__}")
-    return data
-
-
-def read_safetensors(path: Path, sha256: str | None = None) -> dict[str, torch.Tensor]:
-    """The tensors in `path`, after checking the file's SHA-256 against `sha256` when one was recorded."""
-    if not path.is_file():
-        raise FileNotFoundError(f"missing file {path}")
-    if sha256 is not None and file_sha256(path) != sha256:
-        raise ValueError(f"{path} does not match the SHA-256 recorded when it was saved: it was changed or truncated")
-    try:
-        return load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as error:
-        raise ValueError(f"corrupt safetensors file {path}: {error}") from error
-
-
-#: JSON types a schema names, and how an error message says them.
-_JSON_TYPES = {dict: "an object", list: "a list", str: "a string", int: "an integer", float: "a number"}
-_SHA256 = re.compile(r"[0-9a-f]{64}")
-
-
-def check_fields(
-    data: dict[str, Any], schema: dict[str, tuple[type | None, ...]], path: Path, prefix: str = ""
-) -> None:
-    """Each key of `schema` is in `data` with a value of one of its types (None: JSON null); ValueError naming the
-    file and the key otherwise. An int is a number but a bool is neither."""
-    for key, types in schema.items():
-        if key not in data:
-            raise ValueError(f"{path}: key {prefix + key!r} is missing")
-        value = data[key]
-        ok = any(
-            value is None if t is None else isinstance(value, t) and not (isinstance(value, bool) and t is not bool)
-            for t in (*types, *((int,) if float in types else ()))
-        )
-        if not ok:
-            wanted = " or ".join("null" if t is None else _JSON_TYPES.get(t, t.__name__) for t in types)
-            raise ValueError(f"{path}: key {prefix + key!r} must be {wanted}, got {json.dumps(value)[:60]}")
-
-
-def check_file_hashes(files: dict[str, Any], names: Sequence[str], path: Path) -> dict[str, str]:
-    """The recorded SHA-256 of each of `names` in the "files" object of the JSON file `path`."""
-    for name in names:
-        if not isinstance(files.get(name), str) or not _SHA256.fullmatch(files[name]):
-            raise ValueError(f"{path}: key 'files.{name}' must be the file's SHA-256 (64 hex digits)")
-    return {name: files[name] for name in names}

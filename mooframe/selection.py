@@ -19,9 +19,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mooframe.front import Front
 from mooframe.indicators import non_dominated
 from mooframe.report import text_table
-from mooframe.result import Front
 
 RULE_KINDS = ("pref", "min", "max", "knee", "ideal")
 _CONSTRAINT = re.compile(r"^(?P<quantity>\S+?)\s*(?P<op>>=|<=)\s*(?P<bound>\S+)$")
@@ -100,7 +100,7 @@ class Selection:
     def summary(self, k: int = 3) -> str:
         """A table of the chosen preference and the `k` runners-up with their per-task objectives and metrics."""
         title = f"rule: {self.rule}  ({len(self.ranking)} of {len(self.front.prefs)} evaluated points feasible)"
-        return title + "\n" + format_points(self.front, self.ranking[: 1 + k], ["chosen"] + ["runner-up"] * k)
+        return title + "\n" + _format_points(self.front, self.ranking[: 1 + k], ["chosen"] + ["runner-up"] * k)
 
 
 def parse_rule(text: str) -> Rule:
@@ -219,7 +219,7 @@ def concat_fronts(first: Front, second: Front) -> Front:
     )
 
 
-def format_points(front: Front, rows: np.ndarray, labels: list[str]) -> str:
+def _format_points(front: Front, rows: np.ndarray, labels: list[str]) -> str:
     """A plain-text table of the given rows: label, preference, objectives, then each metric per task."""
     names = front.objective_names
     header = ["", "pref", *names, *(f"{m}[{n}]" for m in front.metrics for n in names)]
@@ -269,7 +269,7 @@ def _no_feasible_point(front: Front, rule: Rule, k: int = 3) -> NoFeasiblePoint:
         f"no evaluated preference meets {conditions} ({len(front.prefs)} points evaluated); "
         f"relax the bound or refine the grid. Closest points:\n"
     )
-    return NoFeasiblePoint(message + format_points(front, closest, ["closest"] * k), closest)
+    return NoFeasiblePoint(message + _format_points(front, closest, ["closest"] * k), closest)
 
 
 def _row_of(front: Front, pref: tuple[float, ...]) -> int:

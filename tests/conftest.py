@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from mooframe.problem import MergingProblem
+from mooframe.problems.merging import MergingProblem
 
 
 def _tiny_backbone(seed: int) -> nn.Module:

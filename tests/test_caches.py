@@ -147,7 +147,8 @@ def test_problem_with_the_decoded_cache_equals_the_problem_without(tmp_path, eur
     options = dict(tasks=["eurosat"], model=model, experts=experts, data=[eurosat], head_cache=str(tmp_path / "h"))
     plain = CLIPImageClassification(**options)
     cached = CLIPImageClassification(**options, decoded_cache=True, max_test_examples=3)
-    assert get_params(cached)["decoded_cache"] is True  # recorded in a saved run
+    assert get_params(cached)["decoded_cache"] is True
+    assert "decoded_cache" not in cached.spec()["kwargs"]  # how it loads, not what it computes: not in a saved run
     assert [len(d) for d in cached.test_data] == [3] and len(list((tmp_path / "cache" / "decoded").iterdir())) == 2
     for mine, theirs in ((cached.train_data[0], plain.train_data[0]), (cached.test_data[0], plain.test_data[0])):
         for i in range(len(mine)):

@@ -13,7 +13,8 @@ from toys import GramLS, RouterMerge
 
 import mooframe.checkpoint
 from mooframe.checkpoint import checkpoint_folders
-from mooframe.problem import MergingProblem, Problem
+from mooframe.problem import Problem
+from mooframe.problems.merging import MergingProblem
 from mooframe.solve import solve
 from mooframe.solvers.ls import LinearScalarization
 
@@ -37,7 +38,7 @@ class _Disrupted(Problem):
     def batches(self, rng):
         return self.inner.batches(rng)
 
-    def losses(self, solution, batch):
+    def _losses(self, solution, batch):
         losses = self.inner.losses(solution, batch)
         self.calls += 1
         return self.disrupt(losses) if self.calls == self.at_step + 1 else losses
@@ -69,7 +70,7 @@ class _CountingLS(LinearScalarization):
         super().reset(n_objectives)
         self.calls = 0
 
-    def weights(self, losses, pref, gram=None):
+    def _weights(self, losses, pref, gram):
         self.calls += 1
         return pref.to(losses) * (1 + 0.1 * self.calls)
 

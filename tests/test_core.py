@@ -68,9 +68,9 @@ def test_gram_path_frees_each_step_graph_before_the_next_forward():
         previous_alive: list[bool] = []
         previous = None
 
-        def losses(self, solution, batch):
+        def _losses(self, solution, batch):
             self.previous_alive.append(self.previous is not None and self.previous() is not None)
-            values = super().losses(solution, batch)
+            values = super()._losses(solution, batch)
             self.previous = weakref.ref(values)
             return values
 

@@ -14,7 +14,7 @@ from torch.utils.data import Dataset, Subset, TensorDataset
 from mooframe import data as pipeline
 from mooframe import distributed
 from mooframe.checkpoint import checkpoint_folders
-from mooframe.problem import MergingProblem
+from mooframe.problems.merging import MergingProblem
 from mooframe.solve import solve
 
 UPSCALE = {"upscale": [r"\d"]}  # both linear layers of the tiny backbone

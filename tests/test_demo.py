@@ -7,9 +7,9 @@ import pytest
 
 from mooframe.cli import main
 from mooframe.demo import METHODS, expert_front, ray_deviation, run_demo, run_methods
+from mooframe.front import Front
 from mooframe.problems.digits import DEFAULT_TASKS, MultiTaskDigits
 from mooframe.report import compare_fronts
-from mooframe.result import Front
 
 COMPARED = {label: METHODS[label] for label in ("PWE-MoE (LS)", "PWE-MoE (EPO)", "task arithmetic")}
 #: measured at the demo's steps, seed 0: PWE-MoE (LS) reaches 1.036 and 1.065 of the experts' gain at e_1, e_2 on two

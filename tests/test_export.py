@@ -19,7 +19,7 @@ from mooframe.adapters import Backbone
 from mooframe.adapters.gpt2 import GPT2Backbone
 from mooframe.adapters.hf_clip import HFCLIPVisionBackbone
 from mooframe.cli import main
-from mooframe.problem import MergingProblem
+from mooframe.problems.merging import MergingProblem
 from mooframe.solvers.ls import LinearScalarization
 
 PREF = [0.3, 0.7]

@@ -15,7 +15,7 @@ from mooframe.merging.lowrank import LowRankTaskVectors, kept_rank, product_svd,
 from mooframe.merging.store import LowRankExpert
 from mooframe.models.pwe_moe import PWEMoE
 from mooframe.models.task_arithmetic import PreferenceTaskArithmetic
-from mooframe.problem import MergingProblem
+from mooframe.problems.merging import MergingProblem
 
 
 class _Mlp(nn.Module):

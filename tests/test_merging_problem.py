@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from mooframe.pareto_set import FunctionalModel
-from mooframe.problem import MergingProblem
+from mooframe.problems.merging import MergingProblem
 
 
 def test_expert_with_a_mismatched_shape_is_named(tiny_merging_problem):

@@ -12,7 +12,8 @@ from mooframe import ParetoSetResult, solve
 from mooframe.indicators import hypervolume
 from mooframe.models.pareto_merging import LowRankPreferenceTensor, ParetoMerging
 from mooframe.pareto_set import FunctionalModel
-from mooframe.problem import MergingProblem
+from mooframe.problems.merging import MergingProblem
+from mooframe.registry import registered
 
 
 def _randomize(model: ParetoMerging, seed: int = 0) -> None:
@@ -194,7 +195,7 @@ def test_trained_front_beats_its_base_merge_and_round_trips(tiny_merging_problem
     torch.testing.assert_close(loaded.model_at([0.3, 0.7])(inputs), result.model_at([0.3, 0.7])(inputs))
 
 
-@pytest.mark.parametrize("solver", ["ls", "epo", "mgda", "tchebycheff", "smooth_tchebycheff", "upgrad", "dualproj"])
+@pytest.mark.parametrize("solver", registered()["solver"])
 def test_every_solver_trains_it(tiny_merging_problem, solver):
     result = solve(tiny_merging_problem, model="pareto_merging", solver=solver, steps=3, progress=False)
     assert np.isfinite(result.history["loss"]).all()

@@ -14,7 +14,7 @@ from torch import nn
 from mooframe.adapters import hf_clip
 from mooframe.adapters import open_clip as open_clip_adapter
 from mooframe.models.pwe_moe import PWEMoE
-from mooframe.problem import MergingProblem
+from mooframe.problems.merging import MergingProblem
 from tests.toys import meta_hf_clip_vision
 
 # (layers, width, patch) of the paper's two CLIP models

@@ -17,7 +17,7 @@ from mooframe.models.per_ray import PerRayModels
 from mooframe.models.pwe_moe import PWEMoE
 from mooframe.models.task_arithmetic import PreferenceTaskArithmetic, PreferenceTIES
 from mooframe.pareto_set import FunctionalModel
-from mooframe.problem import MergingProblem
+from mooframe.problems.merging import MergingProblem
 from mooframe.solvers.ls import LinearScalarization
 
 UPSCALE_ALL = [r"embed", r"layers\.\d+\.mlp"]

@@ -14,8 +14,8 @@ from mooframe.adapters import Backbone
 from mooframe.models.pwe_moe import PWEMoE
 from mooframe.params import is_json_serializable
 from mooframe.pareto_set import FunctionalModel
-from mooframe.problem import MergingProblem
 from mooframe.problems.image_classification import CLIPImageClassification, image_dataset
+from mooframe.problems.merging import MergingProblem
 from mooframe.problems.text_classification import GLUETextClassification
 from mooframe.registry import build_problem
 from mooframe.result import ParetoSetResult

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from mooframe.cli import main
+from mooframe.front import Front
 from mooframe.indicators import hypervolume, igd
 from mooframe.preferences import uniform_grid
 from mooframe.report import (
@@ -15,7 +16,6 @@ from mooframe.report import (
     simplex_triangles,
     write_report,
 )
-from mooframe.result import Front
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -15,7 +15,7 @@ from toys import RouterMerge
 
 from mooframe.atomic import file_sha256
 from mooframe.checkpoint import STATE_FILE, TENSORS_FILE
-from mooframe.problem import MergingProblem
+from mooframe.problems.merging import MergingProblem
 from mooframe.result import ParetoSetResult
 from mooframe.solve import solve
 

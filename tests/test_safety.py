@@ -565,18 +565,19 @@ def test_a_truncated_checkpoint_fails_its_hash(checkpoint):
 
 def test_path_options_in_a_run_file_are_not_used_unconfirmed_and_nothing_is_built(run, tmp_path):
     elsewhere = tmp_path / "written-by-the-run-file"
-    _edit_config(run, lambda c: c.update(problem={"name": "digits", "kwargs": {"cache_dir": str(elsewhere)}}))
+    problem = {"name": "clip_image_classification", "kwargs": {"tasks": ["eurosat"], "model": str(elsewhere)}}
+    _edit_config(run, lambda c: c.update(problem=problem))
     with pytest.raises(
         ValueError,
-        match=rf"config.json key 'problem.kwargs' sets cache_dir='{elsewhere}', which "
+        match=rf"config.json key 'problem.kwargs' sets model='{elsewhere}', which "
         r"name\(s\) paths .* re-supply them .* or confirm .*--trust-run-paths",
     ):
         ParetoSetResult.load(run)
     assert not elsewhere.exists()
     with pytest.raises(
         ValueError,
-        match=r"options \['tasks'\] cannot be re-supplied .* only its path options can "
-        r"\(cache_dir\)",
+        match=r"options \['tasks'\] cannot be re-supplied .* only its path options \(model, pretrained_weights, "
+        r"experts, data\) and runtime options \(head_cache, decoded_cache\) can",
     ):
         ParetoSetResult.load(run, problem_options={"tasks": ["upright"]})
     assert not elsewhere.exists()
@@ -627,7 +628,6 @@ class _Stop(Exception):
 def _stopping_ls(after: int) -> LinearScalarization:
     """Linear scalarization (spec "ls", so a run by name can resume its checkpoints) that crashes at step `after`."""
     solver, calls = LinearScalarization(), []
-    solver.registry_name = "ls"
     weights = solver.weights
 
     def counted(losses, pref, gram=None):
@@ -675,8 +675,8 @@ def test_checkpoint_names_sort_by_step_at_any_step_count(checkpoint):
 class _HugeZDT1(ZDT1):
     """ZDT1 with losses (and gradients) 1e30 times larger: finite, but an update of lr 1e10 overflows float32."""
 
-    def losses(self, solution, batch):
-        return super().losses(solution, batch) * 1e30
+    def _losses(self, solution, batch):
+        return super()._losses(solution, batch) * 1e30
 
 
 def test_skip_never_saves_non_finite_parameters(tmp_path):
@@ -841,8 +841,8 @@ def test_a_user_error_in_a_fresh_process_prints_no_traceback(cli_run, tmp_path):
     )
     assert process.returncode == 2
     assert process.stderr.strip().splitlines() == [
-        "mooframe select: error: options ['x'] cannot be re-supplied for the run's problem zdt1: only its path options "
-        "can (it has none)"
+        "mooframe select: error: options ['x'] cannot be re-supplied for the run's problem zdt1: only its path and "
+        "runtime options can (it has none)"
     ]
 
 

@@ -8,7 +8,7 @@ import torch
 
 from mooframe import ParetoSetModel, ParetoSetResult, Problem, solve
 from mooframe.cli import main
-from mooframe.result import Front
+from mooframe.front import Front
 from mooframe.selection import NoFeasiblePoint, local_refinement, select
 from mooframe.solvers.ls import LinearScalarization
 
@@ -105,7 +105,7 @@ class _Target(Problem):
 
     n_objectives = 2
 
-    def losses(self, solution: torch.Tensor, batch: object = None) -> torch.Tensor:
+    def _losses(self, solution: torch.Tensor, batch: object = None) -> torch.Tensor:
         return (solution - torch.tensor([0.372, 0.628])) ** 2
 
 

@@ -9,15 +9,16 @@ import torch
 from mooframe import solve
 from mooframe.pareto_set import ParetoSetModel
 from mooframe.problem import Problem
-from mooframe.registry import SOLVERS, build_solver
+from mooframe.registry import SOLVERS, build_solver, resolve
 from mooframe.solver import Solver
-from mooframe.solvers.epo import BACKENDS, EPO, adjustment, balance_scale, non_uniformity
+from mooframe.solvers.epo import EPO, adjustment, balance_scale, non_uniformity
+from mooframe.solvers.lp_backends import BACKENDS
 from mooframe.solvers.ls import LinearScalarization
 from mooframe.solvers.mgda import min_norm_weights
 from mooframe.solvers.smooth_tchebycheff import SmoothTchebycheff
 from mooframe.solvers.tchebycheff import Tchebycheff
 
-GRAM_SOLVERS = ["epo", "mgda", "upgrad", "dualproj"]
+GRAM_SOLVERS = [name for name in sorted(SOLVERS) if resolve("solver", name).needs_gram]
 
 
 class TwoQuadratics(Problem):
@@ -30,7 +31,7 @@ class TwoQuadratics(Problem):
     def n_objectives(self) -> int:
         return 2
 
-    def losses(self, solution: torch.Tensor, batch: object = None) -> torch.Tensor:
+    def _losses(self, solution: torch.Tensor, batch: object = None) -> torch.Tensor:
         return torch.stack([((solution - self.a) ** 2).sum(), ((solution - self.b) ** 2).sum()]) + 0.01
 
 
@@ -52,7 +53,7 @@ class FixedPreference(Solver):
         self.inner, self.r = inner, torch.tensor(r)
         self.needs_gram = inner.needs_gram
 
-    def weights(self, losses: torch.Tensor, pref: torch.Tensor, gram: torch.Tensor | None = None) -> torch.Tensor:
+    def _weights(self, losses: torch.Tensor, pref: torch.Tensor, gram: torch.Tensor | None) -> torch.Tensor:
         return self.inner.weights(losses, self.r, gram)
 
 
@@ -236,7 +237,7 @@ def test_epo_prints_nothing_to_stdout():
     from pathlib import Path
 
     code = (
-        "import torch; from mooframe.solvers.epo import BACKENDS, EPO\n"
+        "import torch; from mooframe.solvers.epo import EPO; from mooframe.solvers.lp_backends import BACKENDS\n"
         "for backend in BACKENDS:\n"
         "    EPO(backend=backend).weights(torch.tensor([1.0, 3.0]), torch.tensor([0.5, 0.5]), torch.eye(2))\n"
     )

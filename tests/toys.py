@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from mooframe.pareto_set import FunctionalModel, ParetoSetModel
-from mooframe.problem import MergingProblem
+from mooframe.problems.merging import MergingProblem
 from mooframe.solvers.ls import LinearScalarization
 
 

@@ -22,7 +22,8 @@ from mooframe.merging.fisher import FISHER_FLOOR, diagonal_fisher, fisher_merge
 from mooframe.merging.regmean import input_grams, regmean_weight
 from mooframe.models.merging import MergingModel, TensorDict, require_merging_problem
 from mooframe.pareto_set import FunctionalModel
-from mooframe.problem import MergingProblem, Problem
+from mooframe.problem import Problem
+from mooframe.problems.merging import MergingProblem
 
 
 class FixedMerge(MergingModel):
@@ -47,12 +48,16 @@ class FixedMerge(MergingModel):
 class Pretrained(FixedMerge):
     """theta* = theta_0: the pretrained model as a row of the tables."""
 
+    registry_name = "pretrained"
+
     def merge(self, problem: MergingProblem) -> dict[str, torch.Tensor]:
         return problem.pretrained_state()
 
 
 class WeightAveraging(FixedMerge):
     """theta* = (1/T) sum_t theta_t (the paper's "Weight Averaging" / "Simple Average")."""
+
+    registry_name = "weight_average"
 
     def merge(self, problem: MergingProblem) -> dict[str, torch.Tensor]:
         return weight_average(problem.expert_states)
@@ -65,6 +70,8 @@ class FisherMerging(FixedMerge):
     backbone, task t's head) over `batches` training batches of task t (`problem.batch_size` examples each, drawn
     with `seed`); entries are floored at `floor` (Matena & Raffel, 2022).
     """
+
+    registry_name = "fisher_merging"
 
     def __init__(self, problem: Problem, batches: int = 8, floor: float = FISHER_FLOOR, seed: int = 0) -> None:
         if batches < 1:
@@ -94,6 +101,8 @@ class RegMean(FixedMerge):
     sees in expert t on `batches` training batches of task t, G~ = alpha G + (1 - alpha) diag(G) (Jin et al., 2023).
     Biases, norms, embeddings and linear layers the forward does not call are averaged, as in the paper.
     """
+
+    registry_name = "regmean"
 
     def __init__(self, problem: Problem, batches: int = 8, alpha: float = 0.9, seed: int = 0) -> None:
         if batches < 1:

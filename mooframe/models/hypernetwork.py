@@ -17,6 +17,8 @@ class HypernetworkPSL(ParetoSetModel):
     on ZDT1 (0.13 against 0.98; docs/benchmarks.md).
     """
 
+    registry_name = "hypernet"
+
     default_lr = 1e-3
 
     def __init__(self, problem: Problem, hidden: int = 256, n_layers: int = 2) -> None:

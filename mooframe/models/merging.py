@@ -16,7 +16,8 @@ from mooframe.merging.lowrank import LowRankTaskVectors, RankLike, check_rank, p
 from mooframe.merging.store import ExpertState
 from mooframe.pareto_set import FunctionalModel, ParetoSetModel
 from mooframe.preferences import PreferenceLike, check_preference
-from mooframe.problem import MergingProblem, Problem
+from mooframe.problem import Problem
+from mooframe.problems.merging import MergingProblem
 
 logger = logging.getLogger(__name__)
 

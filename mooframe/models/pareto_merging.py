@@ -10,7 +10,7 @@ from torch import nn
 
 from mooframe.merging import add_weighted_experts, task_arithmetic, task_vectors, ties_merging
 from mooframe.models.merging import MergingModel, TensorDict, upscaled_modules
-from mooframe.problem import MergingProblem
+from mooframe.problems.merging import MergingProblem
 
 BASES = ("task_arithmetic", "ties", "adamerging")
 
@@ -59,6 +59,8 @@ class ParetoMerging(MergingModel):
             against module names) selects.
     """
 
+    registry_name = "pareto_merging"
+
     def __init__(
         self,
         problem: MergingProblem,
@@ -90,7 +92,7 @@ class ParetoMerging(MergingModel):
                 self.merged = TensorDict(task_arithmetic(theta_0, taus, scaling))
             else:
                 self.merged = TensorDict(ties_merging(theta_0, taus, scaling, top_k))
-        self.adapted = adapted_weights(problem, layers) if rank else []
+        self.adapted = _adapted_weights(problem, layers) if rank else []
         if rank and not self.adapted:
             raise ValueError(f"layers={layers!r} selects no nn.Linear layer of {type(problem.pretrained).__name__}")
         s = pref_rank or self.n_objectives
@@ -117,7 +119,7 @@ class ParetoMerging(MergingModel):
         return params
 
 
-def adapted_weights(problem: MergingProblem, layers: str | Sequence[str]) -> list[str]:
+def _adapted_weights(problem: MergingProblem, layers: str | Sequence[str]) -> list[str]:
     """Names of the weights of the backbone's `nn.Linear` modules: all of them for "all", else those inside the
     modules `layers` selects (a preset name or regular expressions, as PWE-MoE's `upscale`)."""
     linear = [

@@ -32,6 +32,8 @@ class PerRayModels(MergingModel):
         scaling: lambda of the task-arithmetic initialization.
     """
 
+    registry_name = "per_ray"
+
     def __init__(
         self,
         problem: Problem,

@@ -40,6 +40,8 @@ class PWEMoE(LinearMergingModel):
     simplex) in the first step and some routers end constant in r (docs/pwe-moe.md).
     """
 
+    registry_name = "pwe_moe"
+
     default_warmup_steps = 100
 
     def __init__(

@@ -13,9 +13,10 @@ from typing import Any
 
 import numpy as np
 
+from mooframe.front import Front
 from mooframe.problem import Problem
 from mooframe.registry import build_model, build_solver
-from mooframe.result import Front, ParetoSetResult
+from mooframe.result import ParetoSetResult
 
 #: The scaling coefficients of the authors' Task Arithmetic script, linspace(0, 1, 11).
 PAPER_LAMBDAS = tuple(round(0.1 * i, 1) for i in range(11))

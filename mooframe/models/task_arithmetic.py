@@ -19,6 +19,8 @@ class PreferenceTaskArithmetic(LinearMergingModel):
     `task_vector_dtype`, `task_vector_rank` and `release_experts` as for `LinearMergingModel`.
     """
 
+    registry_name = "task_arithmetic"
+
     def __init__(
         self,
         problem: Problem,
@@ -43,6 +45,8 @@ class PreferenceTIES(MergingModel):
     Trimming does not depend on r and is done once; the sign election and the disjoint mean use the weighted
     task vectors w_t tau_t, so at r = 1/T this is plain TIES-merging (Yadav et al., 2023). Nothing is trained.
     """
+
+    registry_name = "ties"
 
     def __init__(self, problem: Problem, scaling: float = 0.3, top_k: float = 0.2) -> None:
         super().__init__(problem)

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from transformers import CLIPVisionConfig, CLIPVisionModel
 
 from mooframe.adapters.hf_clip import UPSCALE_PRESETS, HFCLIPVisionBackbone
-from mooframe.problem import MergingProblem
+from mooframe.problems.merging import MergingProblem
 
 logger = logging.getLogger(__name__)
 
@@ -80,7 +80,9 @@ class MultiTaskDigits(MergingProblem):
         progress: show progress bars while building (the first use of a seed and merge_fraction).
     """
 
-    path_options = ("cache_dir",)
+    registry_name = "digits"
+
+    runtime_options = ("cache_dir", "progress")
 
     def __init__(
         self,
@@ -106,7 +108,7 @@ class MultiTaskDigits(MergingProblem):
         if merge_fraction and not len(merge_split[1]):
             raise ValueError(f"merge_fraction {merge_fraction} holds out no digit of the {len(train[1])} for training")
         path = cache_path(cache_dir, seed, merge_fraction)
-        pretrained, heads, experts = load_or_build(seed, path, merge_fraction, progress)
+        pretrained, heads, experts = _load_or_build(seed, path, merge_fraction, progress)
         super().__init__(
             pretrained,
             [experts[t] for t in tasks],
@@ -160,12 +162,12 @@ def task_dataset(split: tuple[torch.Tensor, torch.Tensor], task: str) -> TensorD
     return TensorDataset(2.0 * TRANSFORMS[task](images) - 1.0, labels)
 
 
-def new_backbone() -> HFCLIPVisionBackbone:
+def _new_backbone() -> HFCLIPVisionBackbone:
     """A randomly initialized tiny CLIP vision tower (torch's global seed sets the initialization)."""
     return HFCLIPVisionBackbone(CLIPVisionModel(CLIPVisionConfig(**ARCHITECTURE)))
 
 
-def load_or_build(
+def _load_or_build(
     seed: int, path: Path, merge_fraction: float = 0.0, progress: bool = True
 ) -> tuple[HFCLIPVisionBackbone, dict[str, nn.Linear], dict[str, dict[str, torch.Tensor]]]:
     """The pretrained backbone, the frozen heads and the expert state dicts of every task, from the cache.
@@ -176,7 +178,7 @@ def load_or_build(
     if tensors is None:
         tensors = build(seed, merge_fraction, progress)
         _write_cache(path, tensors, merge_fraction)
-    pretrained = new_backbone()
+    pretrained = _new_backbone()
     pretrained.load_state_dict(_prefixed(tensors, "pretrained."))
     heads = {}
     for task in TRANSFORMS:
@@ -212,7 +214,7 @@ def _build(seed: int, merge_fraction: float, progress: bool) -> dict[str, torch.
     torch.manual_seed(seed)
     train, _ = hold_out(split_digits(seed)[0], merge_fraction)
     generator = torch.Generator().manual_seed(seed)
-    backbone = new_backbone()
+    backbone = _new_backbone()
     images = 2.0 * train[0] - 1.0
     rotations = torch.cat([torch.rot90(images, k, dims=(2, 3)) for k in range(4)])
     pretext_labels = torch.arange(4).repeat_interleave(len(images))
@@ -227,8 +229,8 @@ def _build(seed: int, merge_fraction: float, progress: bool) -> dict[str, torch.
     tensors = {f"pretrained.{k}": v for k, v in backbone.state_dict().items()}
     for task in tqdm(TRANSFORMS, desc="experts", disable=not progress):
         data = task_dataset(train, task)
-        head = linear_probe(backbone, data)
-        expert = new_backbone()
+        head = _linear_probe(backbone, data)
+        expert = _new_backbone()
         expert.load_state_dict(backbone.state_dict())
         _freeze_outside(expert, UPSCALE_PRESETS[RECIPE["expert_modules"]])
         _train(expert, head.requires_grad_(False), data, RECIPE["expert_steps"], generator, None)
@@ -237,7 +239,7 @@ def _build(seed: int, merge_fraction: float, progress: bool) -> dict[str, torch.
     return {k: v.detach().contiguous() for k, v in tensors.items()}
 
 
-def linear_probe(backbone: nn.Module, data: TensorDataset, steps: int = 200) -> nn.Linear:
+def _linear_probe(backbone: nn.Module, data: TensorDataset, steps: int = 200) -> nn.Linear:
     """A 10-class linear head fitted (full-batch L-BFGS, weight decay 1e-3) on the frozen backbone's features."""
     images, labels = data.tensors
     with torch.no_grad():

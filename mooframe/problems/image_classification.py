@@ -59,7 +59,10 @@ class CLIPImageClassification(PretrainedMergingProblem):
         objective, batch_size, eval_batch_size: as in MergingProblem.
     """
 
-    path_options = ("model", "pretrained_weights", "experts", "data", "head_cache")
+    registry_name = "clip_image_classification"
+
+    path_options = ("model", "pretrained_weights", "experts", "data")
+    runtime_options = ("head_cache", "decoded_cache")
 
     def __init__(
         self,
@@ -93,7 +96,7 @@ class CLIPImageClassification(PretrainedMergingProblem):
         check_precision(precision)
         sources = per_task(experts, self.tasks, "expert checkpoints")
         data_sources = per_task(data, self.tasks, "data sources (folders, or None for the cache)")
-        pretrained, expert_models, text_tower, presets, content = load_clip_family(
+        pretrained, expert_models, text_tower, presets, content = _load_clip_family(
             family, model, pretrained_weights, sources, self.tasks
         )
         model_key = f"{family}:{model}:{pretrained_weights}"
@@ -107,7 +110,7 @@ class CLIPImageClassification(PretrainedMergingProblem):
         train, test = [], []
         for task, source in zip(self.tasks, data_sources, strict=True):
             for out, split, limit in ((train, train_split, max_train_examples), (test, test_split, max_test_examples)):
-                out.append(task_images(task, source, split, limit, pretrained.image_size, decoded_cache))
+                out.append(_task_images(task, source, split, limit, pretrained.image_size, decoded_cache))
         super().__init__(
             pretrained,
             expert_models,
@@ -123,7 +126,7 @@ class CLIPImageClassification(PretrainedMergingProblem):
         self.set_precision(precision)
 
 
-def task_images(
+def _task_images(
     task: str, source: str | None, split: str, limit: int | None, image_size: int, cached: bool = False
 ) -> Dataset:
     """The first `limit` examples of `task`'s `split`, CLIP-preprocessed to `image_size`: decoded on the fly, or
@@ -136,7 +139,7 @@ def task_images(
     return decoded_cache(first(images, limit), key, normalize_pixels)
 
 
-def load_clip_family(
+def _load_clip_family(
     family: str, model: str, pretrained_weights: str | None, experts: list[str | None], tasks: list[str]
 ) -> tuple[Backbone, list[Any], Callable[[], tuple], dict[str, list[str]], str]:
     """(pretrained backbone, experts, text-tower loader for the heads, up-scaling presets, fingerprint of the

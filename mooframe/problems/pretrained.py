@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch.utils.data import Subset
 
-from mooframe.problem import MergingProblem
+from mooframe.problems.merging import MergingProblem
 
 #: Storage and autocast dtype of the frozen parts (pretrained model, experts, heads).
 PRECISIONS = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -48,7 +48,7 @@ def check_precision(precision: str) -> torch.dtype:
     return PRECISIONS[precision]
 
 
-class OncePerMessage(logging.Filter):
+class _OncePerMessage(logging.Filter):
     """Lets each distinct message through once per process (library warnings repeated per task and split)."""
 
     def __init__(self) -> None:
@@ -63,7 +63,7 @@ class OncePerMessage(logging.Filter):
         return True
 
 
-_ONCE = OncePerMessage()
+_ONCE = _OncePerMessage()
 
 
 def load_hf_dataset(source: str | None, hub_id: str, split: str, config: str | None = None) -> Any:

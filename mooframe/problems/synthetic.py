@@ -31,12 +31,12 @@ class SyntheticProblem(Problem):
     def objectives(self, x: torch.Tensor) -> torch.Tensor:
         """Objective values for decision vectors x of shape (..., n_var); returns shape (..., T)."""
 
-    def losses(self, solution: torch.Tensor, batch: object = None) -> torch.Tensor:
+    def _losses(self, solution: torch.Tensor, batch: object) -> torch.Tensor:
         if solution.shape[-1] != self.n_var:
             raise ValueError(f"{type(self).__name__} expects {self.n_var} decision variables, got {solution.shape[-1]}")
         return self.objectives(solution)
 
-    def evaluate(self, solution: torch.Tensor) -> Evaluation:
+    def _evaluate(self, solution: torch.Tensor) -> Evaluation:
         with torch.no_grad():
             return Evaluation(objectives=self.objectives(solution.double()).cpu().numpy())
 
@@ -79,6 +79,8 @@ class _ZDT(SyntheticProblem):
 class ZDT1(_ZDT):
     """ZDT1 (Zitzler, Deb, Thiele 2000): convex front f2 = 1 - sqrt(f1)."""
 
+    registry_name = "zdt1"
+
     pymoo_name = "zdt1"
 
     @staticmethod
@@ -88,6 +90,8 @@ class ZDT1(_ZDT):
 
 class ZDT2(_ZDT):
     """ZDT2: concave front f2 = 1 - f1^2 (linear scalarization reaches only its two ends)."""
+
+    registry_name = "zdt2"
 
     pymoo_name = "zdt2"
 
@@ -99,6 +103,8 @@ class ZDT2(_ZDT):
 class ZDT3(_ZDT):
     """ZDT3: disconnected front f2 = 1 - sqrt(f1) - f1 sin(10 pi f1)."""
 
+    registry_name = "zdt3"
+
     pymoo_name = "zdt3"
 
     @staticmethod
@@ -108,6 +114,8 @@ class ZDT3(_ZDT):
 
 class DTLZ2(SyntheticProblem):
     """DTLZ2 (Deb et al. 2002): the front is the positive part of the unit sphere in M objectives."""
+
+    registry_name = "dtlz2"
 
     def __init__(self, n_obj: int = 3, k: int = 10) -> None:
         if n_obj < 2 or k < 1:
@@ -147,6 +155,8 @@ class DTLZ2(SyntheticProblem):
 
 class VLMOP2(SyntheticProblem):
     """VLMOP2 / Fonseca-Fleming: f_{1,2} = 1 - exp(-||x -+ 1/sqrt(n)||^2), x in [-2, 2]^n; concave front."""
+
+    registry_name = "vlmop2"
 
     def __init__(self, n_var: int = 2) -> None:
         if n_var < 1:

@@ -45,6 +45,8 @@ class GLUETextClassification(PretrainedMergingProblem):
             CLIPImageClassification.
     """
 
+    registry_name = "gpt2_glue"
+
     path_options = ("model", "experts", "data")
 
     def __init__(

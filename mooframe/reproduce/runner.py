@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 
 from mooframe.atomic import REPRODUCTION, RUN, check_output, claimed_directory
+from mooframe.front import Front
 from mooframe.models.sweeps import best_row
 from mooframe.reproduce.experiments import SMOKE, Run, estimate, evaluation_grid, load_experiment, plan
-from mooframe.result import Front
 
 FORMAT = "mooframe-reproduce/1"
 

@@ -16,4 +16,6 @@ class DualProj(TorchJDWeighting):
         use_preference: project G^T r (True) or the mean gradient (torchjd's default).
     """
 
+    registry_name = "dualproj"
+
     weighting_name = "DualProjWeighting"

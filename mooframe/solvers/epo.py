@@ -2,17 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import sys
-import warnings
-from typing import NamedTuple
-
 import numpy as np
 import torch
 
 from mooframe.solver import Solver
-from mooframe.solvers.gram import check_gram
-from mooframe.solvers.simplex import simplex_lp
+from mooframe.solvers.lp_backends import BACKENDS, LP, CvxpyLPs, HighsLPs, SimplexLPs
 
 _TINY = 1e-12
 # Constraint slack, relative to C scaled to unit max entry: float32 gradients give C with relative rounding ~1e-7,
@@ -59,7 +53,11 @@ class EPO(Solver):
             reports tight LPs infeasible and falls back more often). Figures: benchmarks/solvers.py.
     """
 
+    registry_name = "epo"
+
     needs_gram = True
+    needs_nonnegative_losses = True
+    nonnegative_weights = True
 
     def __init__(self, eps: float = 1e-4, backend: str = "simplex", lp: str = "mooframe") -> None:
         if not eps > 0:
@@ -77,13 +75,11 @@ class EPO(Solver):
         self._counts = dict.fromkeys(self._counts, 0)
         self._lps = None
 
-    def weights(self, losses: torch.Tensor, pref: torch.Tensor, gram: torch.Tensor | None = None) -> torch.Tensor:
+    def _weights(self, losses: torch.Tensor, pref: torch.Tensor, gram: torch.Tensor | None) -> torch.Tensor:
         n = losses.numel()
-        c = check_gram(gram, n, "EPO")
-        r = pref.detach().double().cpu().numpy()
-        loss = losses.detach().double().cpu().numpy()
-        if (loss < 0).any():
-            raise ValueError(f"EPO needs non-negative losses (it balances r * l on a log scale); got {loss.tolist()}")
+        c = gram.numpy()
+        r = pref.double().cpu().numpy()
+        loss = losses.double().cpu().numpy()
         scale = float(np.abs(c).max())
         if n == 1 or scale == 0:  # one objective (r = [1]), or zero gradients: any alpha gives the same update
             return torch.as_tensor(r * (n if self.lp == "paper" else 1))
@@ -111,13 +107,13 @@ class EPO(Solver):
 
     def _paper_alpha(self, c: np.ndarray, r: np.ndarray, loss: np.ndarray) -> np.ndarray:
         """alpha of the published LP (balance or descent by mu), or r / sum(r) where it fails."""
-        mu, a = paper_adjustment(r, loss)
+        mu, a = _paper_adjustment(r, loss)
         if not np.isfinite(a).all():
             self._counts["ls_fallbacks"] += 1
             return r / r.sum()
         mode = "balance" if mu > self.eps else "descent"
         self._counts[mode] += 1
-        alpha = self._lps.solve(mode, paper_balance_lp(c, a, r * loss) if mode == "balance" else descent_lp(c, a, 0.0))
+        alpha = self._lps.solve(mode, _paper_balance_lp(c, a, r * loss) if mode == "balance" else descent_lp(c, a, 0.0))
         if alpha is None:
             self._counts["ls_fallbacks"] += 1
             return r / r.sum()
@@ -157,14 +153,6 @@ def balance_scale(a: np.ndarray) -> np.ndarray:
     return a / peak if peak > 0 else a
 
 
-class LP(NamedTuple):
-    """max cost^T alpha  s.t.  alpha >= 0, sum(alpha) = 1, rows @ alpha >= lower."""
-
-    cost: np.ndarray
-    rows: np.ndarray
-    lower: np.ndarray
-
-
 def balance_lp(c: np.ndarray, a: np.ndarray, rl: np.ndarray) -> LP:
     """max alpha^T C a  s.t.  (C alpha)_j >= (C a)_j where (C a)_j <= 0, (C alpha)_j >= 0 for the largest r_j l_j
     (C alpha >= 0 when no (C a)_j > 0), with a scaled to unit max entry (`balance_scale`)."""
@@ -184,7 +172,7 @@ def descent_lp(c: np.ndarray, a: np.ndarray, slack: float = _SLACK) -> LP:
     return LP(c.sum(0), np.vstack([ca, c]), np.concatenate([[min(ca.max(), 0.0)], np.zeros(len(c))]) - slack)
 
 
-def paper_adjustment(r: np.ndarray, losses: np.ndarray) -> tuple[float, np.ndarray]:
+def _paper_adjustment(r: np.ndarray, losses: np.ndarray) -> tuple[float, np.ndarray]:
     """(mu, a) as EPOSearch computes them: l_hat = r l / sum(r l), mu over the l_hat above machine epsilon,
     a = r (log(T l_hat) - mu), unclipped (so a is NaN where r_t = 0)."""
     rl = r * losses
@@ -195,7 +183,7 @@ def paper_adjustment(r: np.ndarray, losses: np.ndarray) -> tuple[float, np.ndarr
         return mu, r * (np.log(l_hat * len(rl)) - mu)
 
 
-def paper_balance_lp(c: np.ndarray, a: np.ndarray, rl: np.ndarray) -> LP:
+def _paper_balance_lp(c: np.ndarray, a: np.ndarray, rl: np.ndarray) -> LP:
     """The published balance LP: max alpha^T C a  s.t.  (C alpha)_j >= (C a)_j for the j with (C a)_j <= 0 and
     (C alpha)_j >= 0 for the largest r_j l_j when some (C a)_j > 0, else C alpha >= 0; a unscaled, no slack."""
     ca = c @ a
@@ -212,119 +200,4 @@ def relaxed_lp(c: np.ndarray) -> LP:
     return LP(c.sum(0), c, np.full(len(c), -_SLACK))
 
 
-class SimplexLPs:
-    """EPO's LPs solved by `simplex_lp`, a dense simplex method written for these tiny LPs (no solver library)."""
-
-    inaccurate = 0  # the simplex method returns an optimal vertex or None, never an inaccurate solution
-
-    def solve(self, kind: str, lp: LP) -> np.ndarray | None:
-        """The LP's optimal alpha, or None if it is infeasible; `kind` is not needed (nothing is kept between LPs)."""
-        alpha = simplex_lp(*lp)
-        return None if alpha is None else _on_simplex(alpha)
-
-
-class HighsLPs:
-    """EPO's LPs solved by HiGHS directly: one persistent model per LP kind, its objective and rows replaced in
-    place each solve, so the dual simplex restarts from the previous basis."""
-
-    def __init__(self) -> None:
-        self.inaccurate = 0  # HiGHS returns an optimal vertex or a failure, never an inaccurate solution
-        self._models: dict[str, tuple] = {}  # kind -> (Highs, row starts, column indices) of a dense row block
-
-    def solve(self, kind: str, lp: LP) -> np.ndarray | None:
-        """The LP's optimal alpha, or None if HiGHS finds it infeasible or fails."""
-        import highspy
-
-        n, m = len(lp.cost), len(lp.lower)
-        if kind not in self._models or self._models[kind][0].getNumCol() != n:
-            highs, index = _silent_highs(), np.arange(n, dtype=np.int32)
-            highs.changeObjectiveSense(highspy.ObjSense.kMaximize)
-            highs.addVars(n, np.zeros(n), np.full(n, highspy.kHighsInf))
-            highs.addRow(1.0, 1.0, n, index, np.ones(n))  # the simplex; every other row is replaced each solve
-            self._models[kind] = (highs, n * np.arange(n + 1, dtype=np.int32), np.tile(index, n + 1))
-        highs, starts, columns = self._models[kind]
-        highs.changeColsCost(n, columns[:n], lp.cost)
-        old = highs.getNumRow() - 1
-        highs.deleteRows(old, np.arange(1, old + 1, dtype=np.int32))
-        highs.addRows(m, lp.lower, np.full(m, highspy.kHighsInf), m * n, starts[:m], columns[: m * n], lp.rows.ravel())
-        highs.run()
-        if highs.getModelStatus() != highspy.HighsModelStatus.kOptimal:
-            return None
-        return _on_simplex(np.array(highs.getSolution().col_value))
-
-
-class CvxpyLPs:
-    """EPO's LPs as cvxpy problems with Parameters (DPP), each compiled once per shape and re-solved by `solver`."""
-
-    def __init__(self, solver: str = "OSQP") -> None:
-        self.solver, self.inaccurate = solver, 0
-        self.problems: dict[tuple[int, int], tuple] = {}  # (rows, T) -> (problem, alpha, cost, rows, lower)
-        if solver == "HIGHS":
-            _silent_highs()
-
-    def solve(self, kind: str, lp: LP) -> np.ndarray | None:
-        """The LP's alpha, or None if it failed; `kind` is not needed here (the problems are keyed by shape)."""
-        import cvxpy as cp
-
-        shape = lp.rows.shape
-        if shape not in self.problems:
-            alpha, cost, rows, lower = (
-                cp.Variable(shape[1]),
-                cp.Parameter(shape[1]),
-                cp.Parameter(shape),
-                cp.Parameter(shape[0]),
-            )
-            problem = cp.Problem(cp.Maximize(cost @ alpha), [alpha >= 0, cp.sum(alpha) == 1, rows @ alpha >= lower])
-            self.problems[shape] = (problem, alpha, cost, rows, lower)
-        problem, alpha, *parameters = self.problems[shape]
-        for parameter, value in zip(parameters, lp, strict=True):
-            parameter.value = value
-        try:
-            with warnings.catch_warnings():  # an inaccurate solution is still a usable direction; counted instead
-                warnings.simplefilter("ignore")
-                problem.solve(solver=self.solver)
-        except cp.SolverError:
-            return None
-        if problem.status == cp.OPTIMAL_INACCURATE:
-            self.inaccurate += 1
-        elif problem.status != cp.OPTIMAL:
-            return None
-        return None if alpha.value is None else _on_simplex(alpha.value)
-
-
-BACKENDS = {"simplex": SimplexLPs, "highs": HighsLPs, "osqp": CvxpyLPs}
 LP_VARIANTS = ("mooframe", "paper")
-
-
-def _on_simplex(alpha: np.ndarray) -> np.ndarray | None:
-    """The solver's alpha clipped to >= 0 and renormalized (it satisfies the constraints up to tolerance)."""
-    if not np.isfinite(alpha).all():
-        return None
-    alpha = np.clip(alpha, 0.0, None)
-    return alpha / alpha.sum() if alpha.sum() > 0 else None
-
-
-_banner_hidden = False
-
-
-def _silent_highs():
-    """A HiGHS model that prints nothing; the first one in a process prints a banner from C, so stdout (fd 1) is
-    pointed at /dev/null while it is made."""
-    import highspy
-
-    global _banner_hidden
-    if _banner_hidden:
-        highs = highspy.Highs()
-    else:
-        sys.stdout.flush()
-        saved, devnull = os.dup(1), os.open(os.devnull, os.O_WRONLY)
-        try:
-            os.dup2(devnull, 1)
-            highs = highspy.Highs()
-        finally:
-            os.dup2(saved, 1)
-            os.close(saved)
-            os.close(devnull)
-        _banner_hidden = True
-    highs.setOptionValue("output_flag", False)
-    return highs

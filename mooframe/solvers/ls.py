@@ -13,5 +13,8 @@ class LinearScalarization(Solver):
     Reaches only the convex part of a Pareto front.
     """
 
-    def weights(self, losses: torch.Tensor, pref: torch.Tensor, gram: torch.Tensor | None = None) -> torch.Tensor:
+    registry_name = "ls"
+    nonnegative_weights = True
+
+    def _weights(self, losses: torch.Tensor, pref: torch.Tensor, gram: torch.Tensor | None) -> torch.Tensor:
         return pref.to(losses)

@@ -6,7 +6,6 @@ import numpy as np
 import torch
 
 from mooframe.solver import Solver
-from mooframe.solvers.gram import check_gram
 
 _MAX_ITERATIONS = 1000
 
@@ -24,15 +23,18 @@ class MGDA(Solver):
         tol: relative optimality tolerance on the duality gap, scaled by the largest squared gradient norm.
     """
 
+    registry_name = "mgda"
+
     needs_gram = True
+    nonnegative_weights = True
 
     def __init__(self, tol: float = 1e-12) -> None:
         if not tol > 0:
             raise ValueError(f"tol must be > 0, got {tol}")
         self.tol = tol
 
-    def weights(self, losses: torch.Tensor, pref: torch.Tensor, gram: torch.Tensor | None = None) -> torch.Tensor:
-        return torch.as_tensor(min_norm_weights(check_gram(gram, losses.numel(), "MGDA"), self.tol))
+    def _weights(self, losses: torch.Tensor, pref: torch.Tensor, gram: torch.Tensor | None) -> torch.Tensor:
+        return torch.as_tensor(min_norm_weights(gram.numpy(), self.tol))
 
 
 def min_norm_weights(gram: np.ndarray, tol: float = 1e-12) -> np.ndarray:

@@ -21,6 +21,8 @@ class SmoothTchebycheff(Tchebycheff):
         ideal: the ideal point z (default 0), or None to track the running minimum of the losses (see `Tchebycheff`).
     """
 
+    registry_name = "smooth_tchebycheff"
+
     def __init__(self, mu: float = 0.1, ideal: float | Sequence[float] | None = 0.0) -> None:
         if not mu > 0:
             raise ValueError(f"mu must be > 0, got {mu}")

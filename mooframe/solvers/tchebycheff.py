@@ -23,6 +23,9 @@ class Tchebycheff(Solver):
             locks the whole set onto one end of the front (HV ratio 0.20 against 0.97 with z = 0).
     """
 
+    registry_name = "tchebycheff"
+    nonnegative_weights = True
+
     def __init__(self, ideal: float | Sequence[float] | None = 0.0) -> None:
         self.ideal = ideal if ideal is None or isinstance(ideal, (int, float)) else [float(v) for v in ideal]
         self._running_min: torch.Tensor | None = None
@@ -35,7 +38,7 @@ class Tchebycheff(Solver):
             )
         self._running_min = None
 
-    def weights(self, losses: torch.Tensor, pref: torch.Tensor, gram: torch.Tensor | None = None) -> torch.Tensor:
+    def _weights(self, losses: torch.Tensor, pref: torch.Tensor, gram: torch.Tensor | None) -> torch.Tensor:
         pref = pref.to(losses)
         return self.scalarization_gradient(pref * (losses - self.ideal_point(losses)), pref)
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import torch
 
 from mooframe.solver import Solver
-from mooframe.solvers.gram import check_gram
 
 
 class TorchJDWeighting(Solver):
@@ -16,14 +15,14 @@ class TorchJDWeighting(Solver):
     """
 
     needs_gram = True
+    nonnegative_weights = True
     weighting_name: str
 
     def __init__(self, use_preference: bool = True) -> None:
         self.use_preference = use_preference
 
-    def weights(self, losses: torch.Tensor, pref: torch.Tensor, gram: torch.Tensor | None = None) -> torch.Tensor:
+    def _weights(self, losses: torch.Tensor, pref: torch.Tensor, gram: torch.Tensor | None) -> torch.Tensor:
         from torchjd import aggregation
 
-        gram = torch.from_numpy(check_gram(gram, losses.numel(), type(self).__name__))
         pref_vector = pref.detach().double().cpu() if self.use_preference else None
         return getattr(aggregation, self.weighting_name)(pref_vector=pref_vector)(gram)

@@ -16,4 +16,6 @@ class UPGrad(TorchJDWeighting):
         use_preference: weight the projections by r (True) or uniformly by 1/T (torchjd's default).
     """
 
+    registry_name = "upgrad"
+
     weighting_name = "UPGradWeighting"
