@@ -159,6 +159,16 @@ def test_the_scale_check_fails_for_a_solver_that_reads_the_gradients_scale():
         assert_gram_scale_invariant(NormWeighted, losses, pref, gram)
 
 
+def test_the_relabelling_check_fails_for_a_solver_that_favours_the_first_task():
+    class FirstFirst(Solver):
+        def _weights(self, losses, pref, gram):
+            return pref.double() * torch.arange(len(pref), 0, -1, dtype=torch.float64)
+
+    losses, pref, gram = random_case(3, 0)
+    with pytest.raises(AssertionError):
+        assert_permutation_equivariant(FirstFirst, losses, pref, gram, seed=0)
+
+
 @pytest.mark.parametrize("name", SOLVERS)
 def test_solver_weights_refuses_inputs_it_is_not_defined_for(name):
     solver = build_solver(name)
