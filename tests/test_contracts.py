@@ -159,6 +159,16 @@ def test_the_scale_check_fails_for_a_solver_that_reads_the_gradients_scale():
         assert_gram_scale_invariant(NormWeighted, losses, pref, gram)
 
 
+def test_the_relabelling_check_fails_for_a_solver_that_favours_the_first_task():
+    class FirstFirst(Solver):
+        def _weights(self, losses, pref, gram):
+            return pref.double() * torch.arange(len(pref), 0, -1, dtype=torch.float64)
+
+    losses, pref, gram = random_case(3, 0)
+    with pytest.raises(AssertionError):
+        assert_permutation_equivariant(FirstFirst, losses, pref, gram, seed=0)
+
+
 @pytest.mark.parametrize("name", SOLVERS)
 def test_solver_weights_refuses_inputs_it_is_not_defined_for(name):
     solver = build_solver(name)
@@ -257,52 +267,3 @@ def test_is_parametrized_over_everything_registered():
     assert set(MODELS) >= {"pwe_moe", "pareto_merging", "hypernet"} and set(SOLVERS) >= {"ls", "epo", "mgda"}
     assert all(isinstance(build_solver(name), Solver) for name in SOLVERS)
     assert all(issubclass(resolve("model", name), ParetoSetModel) for name in MODELS)
-
-
-class _Crash(Exception):
-    pass
-
-
-def _ls_crashing_at_call(n: int) -> LinearScalarization:
-    """Linear scalarization (spec "ls") that raises on its n-th weighting: a run stopped mid-way."""
-    solver, calls = LinearScalarization(), []
-    weights = solver.weights
-
-    def counted(losses, pref, gram=None):
-        calls.append(1)
-        if len(calls) == n:
-            raise _Crash
-        return weights(losses, pref, gram)
-
-    solver.weights = counted
-    return solver
-
-
-@pytest.mark.slow
-def test_a_run_resumes_and_reloads_with_other_runtime_options(digits_cache, tmp_path):
-    """Progress bars and the cache folder are not part of a run: a resume or a load may change them."""
-    options = {"model": "pwe_moe", "steps": 2, "progress": False}
-    tasks = ["upright", "rotated"]
-    full = solve("digits", problem_kwargs={"tasks": tasks, "progress": True}, **options)
-    kwargs = {"tasks": tasks, "seed": 0, "batch_size": 16, "merge_fraction": 0.0}
-    assert full.problem.spec() == {"name": "digits", "kwargs": kwargs}
-    with pytest.raises(_Crash):
-        solve(
-            "digits",
-            solver=_ls_crashing_at_call(2),
-            problem_kwargs={"tasks": tasks, "progress": True},
-            checkpoint_dir=tmp_path / "a",
-            checkpoint_every=1,
-            **options,
-        )
-    elsewhere = {"tasks": tasks, "progress": False, "cache_dir": str(digits_cache)}  # the same cache, named explicitly
-    resumed = solve("digits", problem_kwargs=elsewhere, resume=tmp_path / "a", **options)
-    for key, tensor in full.model.trainable_state().items():
-        torch.testing.assert_close(resumed.model.trainable_state()[key], tensor, rtol=0, atol=0)
-    run = resumed.save(tmp_path / "run")
-    loaded = ParetoSetResult.load(run, problem_options={"progress": False, "cache_dir": str(digits_cache)})
-    assert loaded.problem.progress is False and loaded.problem.cache_dir == str(digits_cache)
-    with pytest.raises(
-        ValueError, match=r"options \['seed'\] cannot be re-supplied .* runtime options \(cache_dir, progress\)"
-    ):
-        ParetoSetResult.load(run, problem_options={"seed": 1})

@@ -126,7 +126,7 @@ def test_exported_hf_models_load_with_plain_transformers_and_match_the_model_at_
     assert card["family"] == "hf_clip" and card["preference"] == {"a": 0.3, "b": 0.7}
     assert card["metrics"]["accuracy"] == dict(zip("ab", evaluation.metrics["accuracy"].tolist(), strict=True))
     assert card["objectives"] == dict(zip("ab", evaluation.objectives.tolist(), strict=True))
-    assert card["method"]["name"] == "_TaskArithmeticSet" and card["solver"]["name"] == "LinearScalarization"
+    assert card["method"]["name"] == "_TaskArithmeticSet" and card["solver"] == {"name": "ls", "kwargs": {}}
 
 
 def _tiny_plain_result(tiny_merging_problem: MergingProblem) -> ParetoSetResult:
