@@ -316,14 +316,17 @@ def remove_artifact(path: str | Path) -> None:
 
 
 def write_file_atomically(path: Path, text: str) -> None:
-    """Write `text` to `path` through a flushed staging file renamed over it: `path` holds old or new text."""
-    staging = _staging_name(path)
-    with open(staging, "w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(staging, path)
-    _fsync_directory(path.parent)
+    """Write `text` to `path` through a flushed staging file renamed over it: `path` holds old or new text.
+
+    The lock of `path` is held meanwhile, so that a reader's `clean_leftovers` leaves the staging file alone."""
+    with locked(path):
+        staging = _staging_name(path)
+        with open(staging, "w") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(staging, path)
+        _fsync_directory(path.parent)
 
 
 def _swap_into_place(staging: Path, path: Path) -> None:

@@ -220,6 +220,38 @@ def _wait(pid: int, timeout: float = 60.0) -> int:
     pytest.fail(f"child process {pid} did not finish within {timeout} s")
 
 
+def test_a_reader_cleaning_leftovers_leaves_a_running_writers_staging_file_alone(tmp_path, monkeypatch):
+    index = tmp_path / "checkpoints.json"
+    index.write_text("old")
+    go_on = tmp_path / "go-on"
+    real_fsync = os.fsync
+
+    def fsync_when_told(descriptor: int) -> None:  # the writer stops with its staging file written, not renamed
+        while not go_on.exists():
+            time.sleep(0.01)
+        real_fsync(descriptor)
+
+    def write() -> None:
+        monkeypatch.setattr(os, "fsync", fsync_when_told)
+        mooframe.atomic.write_file_atomically(index, "new")
+
+    pid = _fork(write, tmp_path / "error")
+    try:
+        deadline = time.monotonic() + 30
+        while not list(tmp_path.glob(".checkpoints.json.*.partial")) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        staged = list(tmp_path.glob(".checkpoints.json.*.partial"))
+        assert len(staged) == 1
+        mooframe.atomic.clean_leftovers(tmp_path)  # e.g. `checkpoint_folders` polling beside the writer
+        assert staged[0].exists()
+    finally:
+        go_on.touch()
+        status = _wait(pid)
+    assert status == 0, (tmp_path / "error").read_text()
+    assert index.read_text() == "new"
+    assert not list(tmp_path.glob(".checkpoints.json.*"))
+
+
 def _kill_at_random(work, rng: random.Random, longest: float) -> None:
     pid = _fork(work)
     time.sleep(rng.uniform(0.0, longest))
