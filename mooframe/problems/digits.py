@@ -24,14 +24,18 @@ import torch
 import torch.nn.functional as F
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
-from sklearn.datasets import load_digits
 from torch import nn
 from torch.utils.data import TensorDataset
 from tqdm.auto import tqdm
-from transformers import CLIPVisionConfig, CLIPVisionModel
 
-from mooframe.adapters.hf_clip import UPSCALE_PRESETS, HFCLIPVisionBackbone
+from mooframe.optional import requires
 from mooframe.problem import MergingProblem
+
+with requires("digits"):
+    from sklearn.datasets import load_digits
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+
+    from mooframe.adapters.hf_clip import UPSCALE_PRESETS, HFCLIPVisionBackbone
 
 logger = logging.getLogger(__name__)
 
