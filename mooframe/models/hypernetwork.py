@@ -13,8 +13,7 @@ class HypernetworkPSL(ParetoSetModel):
     """An MLP from the preference r to a decision vector in the problem's box: x(r) = xl + (xu - xl) sigmoid(MLP(r)).
 
     Works with any problem that exposes `bounds` (the synthetic problems). `solve()` trains it at lr 1e-3 unless
-    told: at 1e-2 the front collapses on ZDT3 (HV 0.08 of the true front's, against 0.78 at 1e-3) and under EPO
-    on ZDT1 (0.13 against 0.98; docs/benchmarks.md).
+    told: at 1e-2 the front collapses on ZDT3 and under EPO on ZDT1 (HV against the true front's: docs/benchmarks.md).
     """
 
     default_lr = 1e-3

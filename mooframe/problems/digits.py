@@ -202,7 +202,7 @@ def torch_threads(n: int) -> Iterator[None]:
     """Run the block with `n` intra-op threads (then restore the previous number).
 
     The digits model is so small that thread synchronisation dominates: on a busy 2-core machine one thread
-    builds it in 4-16x less CPU time than two (benchmarks/digits_threads.py).
+    builds it in several times less CPU time than two (docs/benchmarks.md, benchmarks/digits_threads.py).
     """
     previous = torch.get_num_threads()
     torch.set_num_threads(n)
