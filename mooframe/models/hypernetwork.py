@@ -17,6 +17,8 @@ class HypernetworkPSL(ParetoSetModel):
     """
 
     default_lr = 1e-3
+    lower: torch.Tensor  # buffers, typed for the type checker
+    span: torch.Tensor
 
     def __init__(self, problem: Problem, hidden: int = 256, n_layers: int = 2) -> None:
         super().__init__(problem)

@@ -19,6 +19,7 @@ import re
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -60,7 +61,7 @@ ARCHITECTURE = dict(
     num_hidden_layers=2,
     num_attention_heads=4,
 )
-RECIPE = dict(
+RECIPE: dict[str, Any] = dict(
     test_fraction=0.3, pretext_steps=300, expert_steps=150, batch_size=64, lr=2e-3, expert_modules="attention_mlp"
 )
 
