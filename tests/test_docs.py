@@ -58,7 +58,14 @@ def run_page(page: str) -> list[str]:
     return skipped
 
 
-SLOW = {"docs/adapters.md", "docs/reproduction.md", "docs/digits.md", "docs/pareto-merging.md"}  # over a few seconds
+SLOW = {
+    "docs/adapters.md",
+    "docs/reproduction.md",
+    "docs/digits.md",
+    "docs/pareto-merging.md",
+    "docs/checkpoints.md",
+    "docs/indicators.md",
+}  # over a few seconds (under load)
 DIGITS = {"docs/digits.md", "docs/pareto-merging.md", "docs/reproduction-pareto-merging.md"}  # the digits problem
 HUB = {"docs/adapters.md", "docs/reproduction.md"}  # read CLIP and its data from the Hugging Face cache
 
