@@ -52,8 +52,8 @@ METHODS: dict[str, tuple[str, str, dict[str, Any], dict[str, Any]]] = {
 }
 TASK_COUNTS = {"two_tasks": 2, "three_tasks": 3}
 #: Dirichlet concentration of the training preferences. Below the paper's alpha = 1 more preferences are drawn
-#: near the simplex's vertices: on two digits tasks PWE-MoE (LS) reaches 1.04/1.07 of the experts' gain at e_t
-#: with 0.2, 0.96/0.95 with 1 (docs/benchmarks.md).
+#: near the simplex's vertices, where PWE-MoE (LS) on the digits tasks otherwise falls short of the experts' gain at
+#: e_t (figures in docs/benchmarks.md, the demo's section).
 ALPHA = 0.2
 
 
@@ -167,9 +167,9 @@ def run_demo(
     """Build the problem, run `methods` on 2 and 3 tasks, write `out`/report.md (+ plots); return its path.
 
     Each trained method runs `steps` steps per dimension of the preference simplex (T - 1): the routers see as
-    many preferences per direction of it on 3 tasks as on 2 (with 1000 steps on 3 tasks, PWE-MoE (LS) reached only
-    0.88 of expert 1's gain at e_1; docs/benchmarks.md). The methods run in `workers` processes of one thread each
-    (default: one per CPU core, at most one per method); each is timed and measured in its own process, and
+    many preferences per direction of it on 3 tasks as on 2 (with the 2-task budget on 3 tasks PWE-MoE (LS) falls
+    short of expert 1's gain at e_1; figures in docs/benchmarks.md). The methods run in `workers` processes of one
+    thread each (default: one per CPU core, at most one per method); each is timed and measured in its own process, and
     trains and is evaluated on `device`. `out` must be new, empty or a demo report mooframe wrote (checked first);
     it is replaced atomically at the end.
     """

@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from transformers import AutoTokenizer, GPT2ForSequenceClassification, GPT2Model, PreTrainedTokenizerBase
 
 from mooframe.adapters import Backbone
 from mooframe.adapters.hub import from_pretrained_offline
+from mooframe.optional import requires
+
+with requires("text"):
+    from transformers import AutoTokenizer, GPT2ForSequenceClassification, GPT2Model, PreTrainedTokenizerBase
 
 #: Module-name patterns (regular expressions, matched in full) of the PWE-MoE up-scaling presets.
 UPSCALE_PRESETS: dict[str, list[str]] = {

@@ -13,11 +13,14 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from transformers import AutoTokenizer, CLIPModel, CLIPVisionModel
 
 from mooframe.adapters import Backbone
 from mooframe.adapters.hub import from_pretrained_offline, missing_checkpoint_message
 from mooframe.adapters.zero_shot import TextEncoder, tensor_fingerprint
+from mooframe.optional import requires
+
+with requires("clip"):
+    from transformers import AutoTokenizer, CLIPModel, CLIPVisionModel
 
 #: Module-name patterns (regular expressions, matched in full) of the PWE-MoE up-scaling presets.
 #: transformers 5 dropped the `vision_model` level of CLIPVisionModel; 4.x still has it.

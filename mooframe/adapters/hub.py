@@ -5,8 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, TypeVar
 
-from huggingface_hub.constants import HF_HUB_CACHE
-
 T = TypeVar("T")
 
 
@@ -20,6 +18,8 @@ def from_pretrained_offline(cls: type[T], source: str, what: str, **kwargs: Any)
 
 def missing_checkpoint_message(source: str, what: str) -> str:
     """What is missing and the two ways to provide it (a local folder, or the hub id in the Hugging Face cache)."""
+    from huggingface_hub.constants import HF_HUB_CACHE  # installed with transformers, which loaded `source`
+
     if Path(source).exists() or source.startswith((".", "/", "~")):
         return (
             f"{what}: no loadable checkpoint at the local path {source!r}; "

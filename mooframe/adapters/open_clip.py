@@ -10,12 +10,16 @@ from __future__ import annotations
 import pickle
 from pathlib import Path
 
-import open_clip
 import torch
 from safetensors.torch import load_file
 from torch import nn
 
 from mooframe.adapters import Backbone
+from mooframe.optional import requires
+
+with requires("clip"):
+    import open_clip
+
 from mooframe.adapters.zero_shot import TextEncoder, tensor_fingerprint
 
 #: The architectures of the paper's CLIP experiments (open_clip names).

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from mooframe.merging.store import LowRankExpert
+from mooframe.optional import requires
 
 
 def lora_experts(
@@ -25,9 +26,10 @@ def lora_experts(
     before each parameter name, for a backbone that wraps the base model (e.g. "model." for an adapter's wrapper).
     Only plain LoRA on linear layers is exactly low rank: DoRA, and LoRA on embeddings or convolutions, are refused.
     """
-    from peft import PeftModel
-    from peft.tuners.lora import Linear as LoraLinear
-    from peft.tuners.lora import LoraLayer
+    with requires("text"):
+        from peft import PeftModel
+        from peft.tuners.lora import Linear as LoraLinear
+        from peft.tuners.lora import LoraLayer
 
     if not isinstance(peft_model, PeftModel):
         raise ValueError(f"pass a peft.PeftModel holding LoRA adapters, got {type(peft_model).__name__}")
@@ -62,7 +64,8 @@ def load_lora_experts(
 
     PEFT loads adapters into `base` in place; the returned base model is `base` with its LoRA layers removed.
     """
-    from peft import PeftModel
+    with requires("text"):
+        from peft import PeftModel
 
     if not adapter_dirs:
         raise ValueError("pass at least one LoRA adapter folder")

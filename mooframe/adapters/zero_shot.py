@@ -26,6 +26,10 @@ class ZeroShotHead(nn.Module):
     backbone already ends with its projection (open_clip image encoders).
     """
 
+    class_embeddings: torch.Tensor  # buffers, typed for the type checker
+    logit_scale: torch.Tensor
+    projection: torch.Tensor | None
+
     def __init__(self, class_embeddings: torch.Tensor, logit_scale: float, projection: torch.Tensor | None = None):
         super().__init__()
         self.register_buffer("class_embeddings", class_embeddings.detach().clone())

@@ -82,6 +82,11 @@ class LowRankTaskVectors(nn.Module):
     `errors[t]` is the relative Frobenius error of task t's truncation. Storage: K (d_out + d_in) entries.
     """
 
+    u: torch.Tensor  # buffers, typed for the type checker (nn.Module's __getattr__ returns Tensor | Module)
+    s: torch.Tensor
+    v: torch.Tensor
+    task: torch.Tensor
+
     def __init__(self, factors: Sequence[tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]], dtype: torch.dtype):
         super().__init__()
         self.register_buffer("u", torch.cat([u for u, _, _, _ in factors], 1).to(dtype), persistent=False)

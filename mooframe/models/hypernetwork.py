@@ -13,13 +13,14 @@ class HypernetworkPSL(ParetoSetModel):
     """An MLP from the preference r to a decision vector in the problem's box: x(r) = xl + (xu - xl) sigmoid(MLP(r)).
 
     Works with any problem that exposes `bounds` (the synthetic problems). `solve()` trains it at lr 1e-3 unless
-    told: at 1e-2 the front collapses on ZDT3 (HV 0.08 of the true front's, against 0.78 at 1e-3) and under EPO
-    on ZDT1 (0.13 against 0.98; docs/benchmarks.md).
+    told: at 1e-2 the front collapses on ZDT3 and under EPO on ZDT1 (HV against the true front's: docs/benchmarks.md).
     """
 
     registry_name = "hypernet"
 
     default_lr = 1e-3
+    lower: torch.Tensor  # buffers, typed for the type checker
+    span: torch.Tensor
 
     def __init__(self, problem: Problem, hidden: int = 256, n_layers: int = 2) -> None:
         super().__init__(problem)

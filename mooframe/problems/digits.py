@@ -19,19 +19,24 @@ import re
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
-from sklearn.datasets import load_digits
 from torch import nn
 from torch.utils.data import TensorDataset
 from tqdm.auto import tqdm
-from transformers import CLIPVisionConfig, CLIPVisionModel
 
-from mooframe.adapters.hf_clip import UPSCALE_PRESETS, HFCLIPVisionBackbone
+from mooframe.optional import requires
 from mooframe.problems.merging import MergingProblem
+
+with requires("digits"):
+    from sklearn.datasets import load_digits
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+
+    from mooframe.adapters.hf_clip import UPSCALE_PRESETS, HFCLIPVisionBackbone
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +61,7 @@ ARCHITECTURE = dict(
     num_hidden_layers=2,
     num_attention_heads=4,
 )
-RECIPE = dict(
+RECIPE: dict[str, Any] = dict(
     test_fraction=0.3, pretext_steps=300, expert_steps=150, batch_size=64, lr=2e-3, expert_modules="attention_mlp"
 )
 
@@ -200,7 +205,7 @@ def torch_threads(n: int) -> Iterator[None]:
     """Run the block with `n` intra-op threads (then restore the previous number).
 
     The digits model is so small that thread synchronisation dominates: on a busy 2-core machine one thread
-    builds it in 4-16x less CPU time than two (benchmarks/digits_threads.py).
+    builds it in several times less CPU time than two (docs/benchmarks.md, benchmarks/digits_threads.py).
     """
     previous = torch.get_num_threads()
     torch.set_num_threads(n)

@@ -16,12 +16,15 @@ from typing import Any
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
-from torchvision import transforms
 
 from mooframe.adapters import Backbone
 from mooframe.adapters.zero_shot import cached_zero_shot_head
 from mooframe.data import decoded_cache
+from mooframe.optional import requires
 from mooframe.problems.pretrained import PretrainedMergingProblem, check_precision, first, load_hf_dataset, per_task
+
+with requires("clip"):
+    from torchvision import transforms
 
 SAVED_DATASET_FILES = ("dataset_dict.json", "state.json")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch.utils.data import Subset
 
+from mooframe.optional import requires
 from mooframe.problems.merging import MergingProblem
 
 #: Storage and autocast dtype of the frozen parts (pretrained model, experts, heads).
@@ -69,7 +70,8 @@ _ONCE = _OncePerMessage()
 def load_hf_dataset(source: str | None, hub_id: str, split: str, config: str | None = None) -> Any:
     """Split `split` of a Hugging Face dataset: from a `save_to_disk` folder `source`, else `hub_id` in the cache
     (datasets' "Using the latest cached version ..." warning shown once, not once per split)."""
-    import datasets
+    with requires("clip", "text"):
+        import datasets
 
     loader_log = logging.getLogger("datasets.load")
     if _ONCE not in loader_log.filters:

@@ -48,9 +48,10 @@ class EPO(Solver):
     Args:
         eps: non-uniformity below which EPO switches from balancing to descent.
         lp: "mooframe" (default; the variant above) or "paper" (the published LPs, for reproduction).
-        backend: LP solver: "simplex" (default; the same optima as HiGHS, ~2x faster than HiGHS direct at T=8),
-            "highs" (dual simplex through highspy; 4-5x faster than via cvxpy) or "osqp" (ADMM through cvxpy;
-            reports tight LPs infeasible and falls back more often). Figures: benchmarks/solvers.py.
+        backend: LP solver: "simplex" (default; the same optima as HiGHS, faster than HiGHS direct on these
+            tiny LPs), "highs" (dual simplex through highspy, faster than via cvxpy; needs mooframe[lp]) or "osqp"
+            (ADMM through cvxpy, mooframe[lp]; reports tight LPs infeasible and falls back more often). Figures:
+            docs/benchmarks.md (benchmarks/solvers.py).
     """
 
     registry_name = "epo"

@@ -10,6 +10,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from mooframe.optional import requires
 from mooframe.solvers.simplex import simplex_lp
 
 
@@ -42,7 +43,8 @@ class HighsLPs:
 
     def solve(self, kind: str, lp: LP) -> np.ndarray | None:
         """The LP's optimal alpha, or None if HiGHS finds it infeasible or fails."""
-        import highspy
+        with requires("lp"):
+            import highspy
 
         n, m = len(lp.cost), len(lp.lower)
         if kind not in self._models or self._models[kind][0].getNumCol() != n:
@@ -73,7 +75,8 @@ class CvxpyLPs:
 
     def solve(self, kind: str, lp: LP) -> np.ndarray | None:
         """The LP's alpha, or None if it failed; `kind` is not needed here (the problems are keyed by shape)."""
-        import cvxpy as cp
+        with requires("lp"):
+            import cvxpy as cp
 
         shape = lp.rows.shape
         if shape not in self.problems:
@@ -118,7 +121,8 @@ _banner_hidden = False
 def _silent_highs():
     """A HiGHS model that prints nothing; the first one in a process prints a banner from C, so stdout (fd 1) is
     pointed at /dev/null while it is made."""
-    import highspy
+    with requires("lp"):
+        import highspy
 
     global _banner_hidden
     if _banner_hidden:
