@@ -34,6 +34,7 @@ class MGDA(Solver):
         self.tol = tol
 
     def _weights(self, losses: torch.Tensor, pref: torch.Tensor, gram: torch.Tensor | None) -> torch.Tensor:
+        assert gram is not None  # needs_gram: the base class computed and checked it
         return torch.as_tensor(min_norm_weights(gram.numpy(), self.tol))
 
 
