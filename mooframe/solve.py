@@ -15,13 +15,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.autograd.graph import GradientEdge
 from tqdm.auto import tqdm
 
 from mooframe import distributed
 from mooframe.atomic import CHECKPOINTS, check_output
 from mooframe.checkpoint import Interrupted, TrainingState, checkpoint_directory, guarded_training
 from mooframe.data import resumed
+from mooframe.gradients import assign_flat_gradient, gram_matrix, per_task_gradients
 from mooframe.pareto_set import ParetoSetModel
 from mooframe.preferences import sample_preferences
 from mooframe.problem import Problem
@@ -207,53 +207,9 @@ def _backward(
     bad = ~torch.isfinite(grads).all(dim=1)
     if bad.any():  # before the solver sees a NaN Gram matrix
         raise _NonFinite(f"non-finite gradient of objective(s) {_names(bad, objective_names)}")
-    weights = solver.weights(global_losses, pref, gram=grads @ grads.T).detach().to(grads)
+    weights = solver.weights(global_losses, pref, gram=gram_matrix(grads)).detach().to(grads)
     assign_flat_gradient(params, weights @ grads)
     return weights
-
-
-def per_task_gradients(
-    losses: torch.Tensor, params: list[torch.nn.Parameter]
-) -> tuple[torch.Tensor, list[torch.nn.Parameter]]:
-    """The T x P matrix whose row t is the gradient of loss t, flattened, over the parameters some loss reaches.
-
-    Returns the matrix and those parameters (in order); parameters no loss depends on get no column.
-    """
-    per_task = []
-    for output in _task_outputs(losses):
-        grads = (None,) * len(params)
-        if output is not None:
-            seed = torch.ones((), dtype=losses.dtype, device=losses.device)
-            grads = torch.autograd.grad(output, params, seed, retain_graph=True, allow_unused=True)
-        per_task.append(grads)
-    reached = [i for i in range(len(params)) if any(grads[i] is not None for grads in per_task)]
-    rows = [
-        torch.cat([(g[i] if g[i] is not None else torch.zeros_like(params[i])).flatten() for i in reached])
-        if reached
-        else losses.new_zeros(0)
-        for g in per_task
-    ]
-    return torch.stack(rows), [params[i] for i in reached]
-
-
-def _task_outputs(losses: torch.Tensor) -> list[torch.Tensor | GradientEdge | None]:
-    """Each loss as an autograd output; None for a loss that depends on no trainable tensor.
-
-    When `losses` is a torch.stack of per-task scalars (as problems build it), task t's output is the stack's
-    input t: differentiating `losses[t]` would run every task's backward, all but one with zero gradients.
-    """
-    node = losses.grad_fn
-    if node is not None and node.name() == "StackBackward0" and len(node.next_functions) == losses.numel():
-        return [GradientEdge(child, nr) if child is not None else None for child, nr in node.next_functions]
-    return [losses[t] if losses.requires_grad else None for t in range(losses.numel())]
-
-
-def assign_flat_gradient(params: list[torch.nn.Parameter], flat: torch.Tensor) -> None:
-    """Write a flat gradient vector into the `.grad` of each parameter, in order."""
-    offset = 0
-    for p in params:
-        p.grad = flat[offset : offset + p.numel()].view_as(p).clone()
-        offset += p.numel()
 
 
 def _check_losses(losses: torch.Tensor, problem: Problem) -> None:
