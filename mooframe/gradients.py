@@ -53,9 +53,10 @@ def gram_matrix(grads: torch.Tensor) -> torch.Tensor:
     return grads @ grads.T
 
 
-def assign_flat_gradient(params: list[torch.nn.Parameter], flat: torch.Tensor) -> None:
-    """Write a flat gradient vector into the `.grad` of each parameter, in order."""
+def add_flat_gradient(params: list[torch.nn.Parameter], flat: torch.Tensor) -> None:
+    """Add a flat gradient vector to the `.grad` of each parameter, in order (a `.grad` of None becomes the slice)."""
     offset = 0
     for p in params:
-        p.grad = flat[offset : offset + p.numel()].view_as(p).clone()
+        piece = flat[offset : offset + p.numel()].view_as(p)
+        p.grad = piece.clone() if p.grad is None else p.grad + piece
         offset += p.numel()

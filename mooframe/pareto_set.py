@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,8 +66,19 @@ class ParetoSetModel(nn.Module, ABC):
         return solution.detach() if isinstance(solution, torch.Tensor) else solution
 
     def training_preference(self, sampled: torch.Tensor, step: int) -> torch.Tensor:
-        """The preference trained at `step`: the sampled one, unless the model trains fixed rays (per_ray)."""
+        """The preference trained at `step` (the index of the preference among all those trained: step K + k with K
+        preferences a step): the sampled one, unless the model trains fixed rays (per_ray)."""
         return sampled
+
+    def solution_groups(self, prefs: torch.Tensor) -> Iterator[list[Any]]:
+        """The solutions `forward(r)` for the K preferences `prefs` (shape (K, T)), in order, in groups.
+
+        `solve` backpropagates each group once and releases its graph before asking for the next. The default is
+        a loop, one preference per group (one solution's graph in memory at a time); a model that evaluates K
+        preferences in one vectorized forward (the hypernetwork) yields them as a single group.
+        """
+        for pref in prefs:
+            yield [self(pref)]
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         """The parameters the solver updates (all with requires_grad by default)."""

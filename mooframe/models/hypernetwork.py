@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 from torch import nn
 
@@ -40,4 +42,12 @@ class HypernetworkPSL(ParetoSetModel):
         self.net = nn.Sequential(*layers)
 
     def forward(self, pref: torch.Tensor) -> torch.Tensor:
+        """x(r) for one preference (shape (T,)), or for a batch of K (shape (K, T): K decision vectors)."""
         return self.lower + self.span * torch.sigmoid(self.net(pref.to(self.lower)))
+
+    def solution_groups(self, prefs: torch.Tensor) -> Iterator[list[torch.Tensor]]:
+        """All K decision vectors from one batched forward of the MLP (one group); one preference: `forward(r)`."""
+        if len(prefs) == 1:
+            yield [self(prefs[0])]
+        else:
+            yield list(self(prefs).unbind())
