@@ -70,15 +70,18 @@ class ParetoSetModel(nn.Module, ABC):
         preferences a step): the sampled one, unless the model trains fixed rays (per_ray)."""
         return sampled
 
-    def solution_groups(self, prefs: torch.Tensor) -> Iterator[list[Any]]:
-        """The solutions `forward(r)` for the K preferences `prefs` (shape (K, T)), in order, in groups.
+    def preference_losses(
+        self, problem: Problem, prefs: torch.Tensor, batch: Any
+    ) -> Iterator[torch.Tensor | list[torch.Tensor]]:
+        """`problem.losses(self(r_k), batch)` for the K preferences `prefs` (shape (K, T)), in order, in blocks that
+        share one graph: a (G, T) tensor, or a list of G losses of shape (T,).
 
-        `solve` backpropagates each group once and releases its graph before asking for the next. The default is
-        a loop, one preference per group (one solution's graph in memory at a time); a model that evaluates K
-        preferences in one vectorized forward (the hypernetwork) yields them as a single group.
+        `solve` backpropagates each block once and releases its graph before asking for the next. The default is a
+        loop, one preference per block (one solution's graph in memory at a time); a model that evaluates K
+        preferences in one vectorized forward (the hypernetwork) yields them as a single block.
         """
         for pref in prefs:
-            yield [self(pref)]
+            yield [problem.losses(self(pref), batch)]
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         """The parameters the solver updates (all with requires_grad by default)."""

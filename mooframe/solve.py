@@ -8,7 +8,7 @@ preferences), lets the solver weight them, and takes one optimizer step along th
 
 K = 1 is Algorithm 1 as published. A larger K averages the update over preferences, as LibMOON's PSL does (K = 128
 there): more preferences seen per step, at K forward passes a step (vectorized where the model can, see
-`ParetoSetModel.solution_groups`).
+`ParetoSetModel.preference_losses`).
 """
 
 from __future__ import annotations
@@ -226,18 +226,18 @@ def _accumulate_gradients(
 
     The solver sees each preference's losses averaged over ranks (and, if it needs it, the Gram matrix of the
     per-task gradients, averaged over ranks before it is formed); gradients are this rank's, averaged over ranks.
-    Each group of solutions the model evaluates together is backpropagated once, then released. The global losses
+    Each block of losses the model evaluates together is backpropagated once, then released. The global losses
     and the weights of each preference are appended to `seen` as they come (a non-finite value raises `_NonFinite`).
     """
     count, index = len(prefs), 0
-    for group in model.solution_groups(prefs):
-        objective: torch.Tensor | None = None  # sum_k w_k . l(r_k) over the group (solvers without a Gram matrix)
-        for solution in group:
+    for block in model.preference_losses(problem, prefs, batch):
+        objective: torch.Tensor | None = None  # sum_k w_k . l(r_k) over the block (solvers without a Gram matrix)
+        for losses in block:
             pref = prefs[index]
-            losses = problem.losses(solution, batch)
             global_losses = distributed.mean(losses.detach())
-            seen["loss"].append(global_losses)
             _check_losses(global_losses, problem)
+            seen["loss"].append(global_losses)
+            _check_finite(global_losses, problem)
             if solver.needs_gram:
                 weights, direction, reached = _gram_direction(losses, global_losses, pref, solver, params, problem)
                 add_flat_gradient(reached, direction / count)
@@ -249,9 +249,11 @@ def _accumulate_gradients(
             index += 1
         if objective is not None:
             (objective / count).backward()
-        group = solution = losses = objective = None  # the Gram path retains the group's graph: drop it first
+        block = losses = objective = None  # the Gram path retains the block's graph: drop it before the next
     if index != count:
-        raise RuntimeError(f"{type(model).__name__}.solution_groups gave {index} solutions for {count} preferences")
+        raise RuntimeError(
+            f"{type(model).__name__}.preference_losses gave {index} rows of losses for {count} preferences"
+        )
     if not solver.needs_gram:
         distributed.mean_gradients(params)
 
@@ -289,6 +291,9 @@ def _rows(values: list[torch.Tensor], count: int, n_objectives: int) -> torch.Te
 def _check_losses(losses: torch.Tensor, problem: Problem) -> None:
     if losses.shape != (problem.n_objectives,):
         raise ValueError(f"problem.losses returned shape {tuple(losses.shape)}, expected ({problem.n_objectives},)")
+
+
+def _check_finite(losses: torch.Tensor, problem: Problem) -> None:
     bad = ~torch.isfinite(losses)
     if bad.any():
         raise _NonFinite(f"non-finite loss for objective(s) {_names(bad, problem.objective_names)}: {losses.tolist()}")

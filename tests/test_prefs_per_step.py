@@ -111,24 +111,25 @@ def test_k_preferences_a_step_average_the_k_updates(tiny_merging_problem, solver
 class _LoopedHypernet(HypernetworkPSL):
     """The hypernetwork through the interface's default loop (one forward per preference)."""
 
-    solution_groups = ParetoSetModel.solution_groups
+    preference_losses = ParetoSetModel.preference_losses
 
 
 def test_the_hypernetworks_one_batched_forward_equals_the_loop():
     problem, model = _hypernet()
     prefs = torch.as_tensor(np.random.default_rng(0).dirichlet(np.ones(2), size=8), dtype=torch.float32)
-    groups = list(model.solution_groups(prefs))
-    assert len(groups) == 1 and len(groups[0]) == 8
-    for row, pref in zip(groups[0], prefs, strict=True):
-        torch.testing.assert_close(row, model(pref))
+    blocks = list(model.preference_losses(problem, prefs, None))
+    assert len(blocks) == 1 and blocks[0].shape == (8, 2)
+    for row, pref in zip(blocks[0], prefs, strict=True):
+        torch.testing.assert_close(row, problem.objectives(model(pref)))
     looped = _LoopedHypernet(problem, hidden=16)
     looped.load_state_dict(model.state_dict())
-    assert len(list(looped.solution_groups(prefs))) == 8
-    batched = solve(problem, model, "tchebycheff", steps=20, prefs_per_step=8, progress=False)
-    loop = solve(problem, looped, "tchebycheff", steps=20, prefs_per_step=8, progress=False)
-    _assert_equal(batched.model.trainable_state(), loop.model.trainable_state(), exact=False)
-    np.testing.assert_allclose(batched.history["loss"], loop.history["loss"], rtol=1e-5)
-    assert batched.history["loss"].shape == (20 * 8, 2)
+    assert len(list(looped.preference_losses(problem, prefs, None))) == 8
+    for solver in ("tchebycheff", "epo"):
+        batched = solve(problem, copy.deepcopy(model), solver, steps=20, prefs_per_step=8, progress=False)
+        loop = solve(problem, copy.deepcopy(looped), solver, steps=20, prefs_per_step=8, progress=False)
+        _assert_equal(batched.model.trainable_state(), loop.model.trainable_state(), exact=False)
+        np.testing.assert_allclose(batched.history["loss"], loop.history["loss"], rtol=1e-5)
+        assert batched.history["loss"].shape == (20 * 8, 2)
 
 
 def test_history_keeps_one_row_per_preference_in_the_order_drawn():

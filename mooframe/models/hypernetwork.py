@@ -45,9 +45,13 @@ class HypernetworkPSL(ParetoSetModel):
         """x(r) for one preference (shape (T,)), or for a batch of K (shape (K, T): K decision vectors)."""
         return self.lower + self.span * torch.sigmoid(self.net(pref.to(self.lower)))
 
-    def solution_groups(self, prefs: torch.Tensor) -> Iterator[list[torch.Tensor]]:
-        """All K decision vectors from one batched forward of the MLP (one group); one preference: `forward(r)`."""
+    def preference_losses(
+        self, problem: Problem, prefs: torch.Tensor, batch: object
+    ) -> Iterator[torch.Tensor | list[torch.Tensor]]:
+        """The K preferences' losses in one block: one batched forward of the MLP and the problem's losses
+        vectorized over the K decision vectors (torch.func.vmap: `problem.losses` must be written in torch ops, as
+        the synthetic problems' are). One preference takes the unbatched path, exactly `losses(forward(r))`."""
         if len(prefs) == 1:
-            yield [self(prefs[0])]
-        else:
-            yield list(self(prefs).unbind())
+            yield from super().preference_losses(problem, prefs, batch)
+            return
+        yield torch.func.vmap(problem.losses, in_dims=(0, None))(self(prefs), batch)
