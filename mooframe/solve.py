@@ -17,6 +17,7 @@ import functools
 import logging
 import math
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -230,7 +231,7 @@ def _accumulate_gradients(
     and the weights of each preference are appended to `seen` as they come (a non-finite value raises `_NonFinite`).
     """
     count, index = len(prefs), 0
-    for block in model.preference_losses(problem, prefs, batch):
+    for block in _loss_blocks(model, problem, prefs, batch, solver.needs_gram):
         objective: torch.Tensor | None = None  # sum_k w_k . l(r_k) over the block (solvers without a Gram matrix)
         for losses in block:
             pref = prefs[index]
@@ -256,6 +257,18 @@ def _accumulate_gradients(
         )
     if not solver.needs_gram:
         distributed.mean_gradients(params)
+
+
+def _loss_blocks(
+    model: ParetoSetModel, problem: Problem, prefs: torch.Tensor, batch: Any, needs_gram: bool
+) -> Iterator[torch.Tensor | list[torch.Tensor]]:
+    """The model's blocks of losses for `prefs`; one preference at a time for a Gram-based solver, whose T per-task
+    backward passes of each preference would each run through the whole block's graph (T K^2 work, not T K)."""
+    if not needs_gram:
+        yield from model.preference_losses(problem, prefs, batch)
+        return
+    for k in range(len(prefs)):
+        yield from model.preference_losses(problem, prefs[k : k + 1], batch)
 
 
 def _gram_direction(
