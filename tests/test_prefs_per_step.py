@@ -185,3 +185,9 @@ def test_k_preferences_give_the_same_update_through_the_gram_path_as_the_summed_
     plain = _solve(tiny_merging_problem, _router(tiny_merging_problem), LinearScalarization(), prefs_per_step=3)
     gram = _solve(tiny_merging_problem, _router(tiny_merging_problem), GramLS(), prefs_per_step=3)
     _assert_equal(plain, gram, exact=False)
+
+
+def test_fixed_rays_are_trained_in_turn_across_the_k_preferences_of_each_step(tiny_merging_problem):
+    result = solve(tiny_merging_problem, "per_ray", "ls", steps=2, prefs_per_step=2, progress=False,
+                   model_kwargs={"rays": 3})  # fmt: skip
+    np.testing.assert_allclose(result.history["pref"], [[0, 1], [0.5, 0.5], [1, 0], [0, 1]], atol=1e-7)
