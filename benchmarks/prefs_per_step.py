@@ -7,8 +7,9 @@ VLMOP2. HV: of the front at the uniform grid (101 preferences for 2 objectives, 
 reference point 1.1 in every objective. Angle: the mean, over the grid's interior preferences, of the angle between
 the objective vector f(x(r)) and the preference's ray, in degrees. Ray convention: mooframe's, r_1 f_1 = ... =
 r_T f_T, i.e. the ray through 1/r (a larger r_t asks for a smaller f_t); Tchebycheff max_t r_t f_t is minimized on
-it. LibMOON passes 1/r instead, so its ray through r is the same line. Equal wall time: K runs for the K = 1 run's
-training seconds (its step count from its own per-step time at equal steps, measured in the same run).
+it. LibMOON passes 1/r instead, so its ray through r is the same line. Equal wall time: K runs 1000 / c steps, c
+the seconds a step at K over K = 1's, measured by pairs of short runs one right after the other (the median of
+three pairs), so that a shared machine's changing load affects both alike.
 
 `digits`: PWE-MoE (Attention + MLP routed, the demo's alpha 0.2) on the embedded digits problem with 2 or 3 tasks,
 LS and EPO, at an equal number of preferences trained (`--forwards`, default 300: fewer than the demo's 1000
@@ -18,6 +19,7 @@ grid, reference point 1.1 x the largest loss of any run in the table; ray deviat
 mu(r l) over the interior preferences (0 on the rays; `mooframe.demo.ray_deviation`).
 
     PYTHONPATH=. python benchmarks/prefs_per_step.py hypernet [--problems zdt1 dtlz2 vlmop2] [--ks 1 4 32 128]
+        [--budgets steps fwd time]
     PYTHONPATH=. python benchmarks/prefs_per_step.py digits --tasks 2 [--forwards 300] [--ks 1 4 32 128]
 """
 
@@ -47,15 +49,33 @@ def ray_angles(prefs: np.ndarray, objectives: np.ndarray) -> np.ndarray:
     return np.degrees(np.arccos(np.clip((rays * points).sum(1), -1.0, 1.0)))
 
 
-def hypernet(problems: list[str], ks: list[int], steps: int) -> None:
+def hypernet(problems: list[str], ks: list[int], steps: int, budgets: list[str]) -> None:
     header = ("problem", "K", "budget", "steps", "prefs seen", "HV ratio", "angle", "s")
     print(" ".join(f"{h:>{w}}" for h, w in zip(header, (7, 4, 12, 6, 10, 8, 7, 6), strict=True)))
     for name in problems:
-        base = psl_run(name, 1, steps, "K = 1")
+        psl_run(name, 1, steps, "K = 1")
         for k in (k for k in ks if k != 1):
-            per_step = psl_run(name, k, steps, "equal steps") / steps
-            psl_run(name, k, max(1, round(steps / k)), "equal fwd")
-            psl_run(name, k, max(1, round(base / per_step)), "equal time")
+            if "steps" in budgets:
+                psl_run(name, k, steps, "equal steps")
+            if "fwd" in budgets:
+                psl_run(name, k, max(1, round(steps / k)), "equal fwd")
+            if "time" in budgets:
+                ratio = step_time_ratio(name, k)
+                print(f"{name:>7} {k:4d} seconds a step over K = 1's: {ratio:.2f}")
+                psl_run(name, k, max(1, round(steps / ratio)), "equal time")
+
+
+def step_time_ratio(name: str, k: int, repeats: int = 3, steps: int = 30) -> float:
+    """Seconds a step at K over K = 1's: the median of `repeats` pairs of short runs, one right after the other, so
+    that the load of a shared machine, which changes over a long benchmark, affects both alike."""
+    ratios = []
+    for _ in range(repeats):
+        one, many = (
+            solve(name, "hypernet", "tchebycheff", steps=steps, prefs_per_step=n, **PSL).settings["train_seconds"]
+            for n in (1, k)
+        )
+        ratios.append(many / one)
+    return float(np.median(ratios))
 
 
 def psl_run(name: str, k: int, steps: int, budget: str) -> float:
@@ -100,12 +120,13 @@ def main() -> None:
     parser.add_argument("--problems", nargs="+", default=["zdt1", "dtlz2", "vlmop2"], help="hypernet part")
     parser.add_argument("--ks", nargs="+", type=int, default=[1, 4, 32, 128], help="preferences a step")
     parser.add_argument("--steps", type=int, default=1000, help="hypernet: steps of the K = 1 run (default 1000)")
+    parser.add_argument("--budgets", nargs="+", default=["steps", "fwd", "time"], help="hypernet: budgets to run")
     parser.add_argument("--tasks", type=int, default=2, choices=[2, 3], help="digits: tasks (default 2)")
     parser.add_argument("--forwards", type=int, default=300, help="digits: preferences trained (default 300)")
     args = parser.parse_args()
     with torch_threads(1):
         if args.part == "hypernet":
-            hypernet(args.problems, args.ks, args.steps)
+            hypernet(args.problems, args.ks, args.steps, args.budgets)
         else:
             digits(args.tasks, args.ks, args.forwards)
 

@@ -234,6 +234,8 @@ def _accumulate_gradients(
     for block in _loss_blocks(model, problem, prefs, batch, solver.needs_gram):
         objective: torch.Tensor | None = None  # sum_k w_k . l(r_k) over the block (solvers without a Gram matrix)
         for losses in block:
+            if index == count:
+                raise _wrong_count(model, "more", count)
             pref = prefs[index]
             global_losses = distributed.mean(losses.detach())
             _check_losses(global_losses, problem)
@@ -252,11 +254,14 @@ def _accumulate_gradients(
             (objective / count).backward()
         block = losses = objective = None  # the Gram path retains the block's graph: drop it before the next
     if index != count:
-        raise RuntimeError(
-            f"{type(model).__name__}.preference_losses gave {index} rows of losses for {count} preferences"
-        )
+        raise _wrong_count(model, "fewer", count)
     if not solver.needs_gram:
         distributed.mean_gradients(params)
+
+
+def _wrong_count(model: ParetoSetModel, more_or_fewer: str, count: int) -> RuntimeError:
+    return RuntimeError(f"{type(model).__name__}.preference_losses gave {more_or_fewer} than {count} rows of losses "
+                        f"for {count} preferences; it must give one row per preference, in order")  # fmt: skip
 
 
 def _loss_blocks(

@@ -191,3 +191,15 @@ def test_fixed_rays_are_trained_in_turn_across_the_k_preferences_of_each_step(ti
     result = solve(tiny_merging_problem, "per_ray", "ls", steps=2, prefs_per_step=2, progress=False,
                    model_kwargs={"rays": 3})  # fmt: skip
     np.testing.assert_allclose(result.history["pref"], [[0, 1], [0.5, 0.5], [1, 0], [0, 1]], atol=1e-7)
+
+
+class _OneRowShort(HypernetworkPSL):
+    def preference_losses(self, problem, prefs, batch):
+        yield from super().preference_losses(problem, prefs[1:], batch)
+
+
+def test_a_model_giving_the_wrong_number_of_rows_is_named():
+    problem, model = _hypernet()
+    short = _OneRowShort(problem, hidden=16)
+    with pytest.raises(RuntimeError, match=r"_OneRowShort.preference_losses gave fewer than 3 rows"):
+        solve(problem, short, "ls", steps=1, prefs_per_step=3, progress=False)
