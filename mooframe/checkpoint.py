@@ -55,7 +55,12 @@ _STATE_SCHEMA: dict[str, tuple[type | None, ...]] = {
     "pref_rng": (dict,),
 }
 #: settings a resumed run must share with the run that wrote the checkpoint.
-RESUME_KEYS = ("steps", "lr", "optimizer", "lr_schedule", "warmup_steps", "alpha", "seed", "problem", "model", "solver")
+RESUME_KEYS = (
+    *("steps", "lr", "optimizer", "lr_schedule", "warmup_steps", "alpha", "seed", "prefs_per_step", "grad_clip"),
+    *("problem", "model", "solver"),
+)
+#: what a checkpoint written before a setting existed ran with.
+_RESUME_DEFAULTS: dict[str, Any] = {"prefs_per_step": 1, "grad_clip": None}
 
 
 @dataclass
@@ -72,11 +77,11 @@ class TrainingState:
     step: int = 0
     skipped_steps: int = 0
 
-    def record(self, losses: torch.Tensor, weights: torch.Tensor, pref: torch.Tensor) -> None:
-        """Close the current step: append its losses, solver weights and preference to the history."""
-        self.history["loss"].append(losses.detach().cpu().tolist())
-        self.history["weight"].append(weights.detach().cpu().tolist())
-        self.history["pref"].append(pref.detach().cpu().tolist())
+    def record(self, losses: torch.Tensor, weights: torch.Tensor, prefs: torch.Tensor) -> None:
+        """Close the current step: append its losses, solver weights and preferences (K x T each: one row per
+        preference of the step) to the history."""
+        for key, rows in (("loss", losses), ("weight", weights), ("pref", prefs)):
+            self.history[key].extend(rows.detach().cpu().reshape(-1, self.model.n_objectives).tolist())
         self.step += 1
 
     def save(self, directory: str | Path) -> Path:
@@ -171,8 +176,9 @@ class TrainingState:
             torch.cuda.set_rng_state_all(cuda_states)
         self.step, self.skipped_steps = int(state["step"]), int(state["skipped_steps"])
         self.history = {key: tensors[f"history/{key}"].tolist() for key in self.history}
-        if any(len(rows) != self.step for rows in self.history.values()):
-            raise ValueError(f"the history does not have one row per step for its {self.step} steps")
+        per_step = self.settings.get("prefs_per_step", 1)
+        if any(len(rows) != self.step * per_step for rows in self.history.values()):
+            raise ValueError(f"the history does not have {per_step} row(s) per step for its {self.step} steps")
 
     def _optimizer_state(self, state: dict[str, Any], tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
         params = self.optimizer.param_groups[0]["params"]
@@ -256,10 +262,10 @@ def _check_same_run(state: dict[str, Any], settings: dict[str, Any], folder: Pat
     if not isinstance(saved, dict):
         raise ValueError(f"{folder / STATE_FILE} has no run settings")
     for key in RESUME_KEYS:
-        ours = _as_json(settings.get(key))
-        if saved.get(key) != ours:
+        ours, theirs = _as_json(settings.get(key)), saved.get(key, _RESUME_DEFAULTS.get(key))
+        if theirs != ours:
             raise ValueError(
-                f"checkpoint {folder} was written by a run with {key}={saved.get(key)!r}, this run has "
+                f"checkpoint {folder} was written by a run with {key}={theirs!r}, this run has "
                 f"{key}={ours!r}; resume with the same settings"
             )
 

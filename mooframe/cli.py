@@ -146,6 +146,8 @@ def _solve(args: argparse.Namespace, checkpoint_dir: str | Path) -> ParetoSetRes
         checkpoint_every=args.checkpoint_every,
         resume=args.resume,
         on_nonfinite=args.on_nonfinite,
+        prefs_per_step=args.prefs_per_step,
+        grad_clip=args.grad_clip,
     )
 
 
@@ -293,6 +295,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--warmup-steps", type=count, default=None, help="linear lr warm-up steps (default: the model's; PWE-MoE 100)"
     )
     solve.add_argument("--alpha", type=positive_float, default=1.0, help="Dirichlet concentration of the preferences")
+    solve.add_argument(
+        "--prefs-per-step", type=positive_int, default=1, metavar="K", help="preferences a step, updates averaged"
+    )
+    solve.add_argument("--grad-clip", type=positive_float, metavar="MAX", help="max gradient norm (default: no clip)")
     solve.add_argument("--seed", type=count, default=0)
     solve.add_argument("--device", type=device, default="cpu")
     for piece in ("problem", "model", "solver"):

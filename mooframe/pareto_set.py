@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 from abc import ABC, abstractmethod
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -74,8 +74,22 @@ class ParetoSetModel(nn.Module, ABC):
         return None
 
     def training_preference(self, sampled: torch.Tensor, step: int) -> torch.Tensor:
-        """The preference trained at `step`: the sampled one, unless the model trains fixed rays (per_ray)."""
+        """The preference trained at `step` (the index of the preference among all those trained: step K + k with K
+        preferences a step): the sampled one, unless the model trains fixed rays (per_ray)."""
         return sampled
+
+    def preference_losses(
+        self, problem: Problem, prefs: torch.Tensor, batch: Any
+    ) -> Iterator[torch.Tensor | list[torch.Tensor]]:
+        """`problem.losses(self(r_k), batch)` for the K preferences `prefs` (shape (K, T)), in order, in blocks that
+        share one graph: a (G, T) tensor, or a list of G losses of shape (T,).
+
+        `solve` backpropagates each block once and releases its graph before asking for the next. The default is a
+        loop, one preference per block (one solution's graph in memory at a time); a model that evaluates K
+        preferences in one vectorized forward (the hypernetwork) yields them as a single block.
+        """
+        for pref in prefs:
+            yield [problem.losses(self(pref), batch)]
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         """The parameters the solver updates (all with requires_grad by default)."""

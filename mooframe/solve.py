@@ -1,7 +1,14 @@
 """solve(): learn a Pareto set model of a problem with a solver (Algorithm 1 of the PWE-MoE paper).
 
-Each step draws one preference r ~ Dirichlet(alpha), builds the solution for r once, evaluates the T task losses
-(each on its own batch), lets the solver weight them, and takes one optimizer step on the trainable parameters.
+Each step draws K preferences r_1..r_K ~ Dirichlet(alpha) (K = `prefs_per_step`, 1 by default), builds the
+solution for each r_k once, evaluates its T task losses (each task on its own batch, the same batches for the K
+preferences), lets the solver weight them, and takes one optimizer step along the mean of the K updates:
+
+    d = (1/K) sum_k sum_t w_kt grad l_t(r_k),   w_k = solver.weights(l(r_k), r_k[, G_k G_k^T])
+
+K = 1 is Algorithm 1 as published. A larger K averages the update over preferences, as LibMOON's PSL does (K = 128
+there): more preferences seen per step, at K forward passes a step (vectorized where the model can, see
+`ParetoSetModel.preference_losses`).
 """
 
 from __future__ import annotations
@@ -10,18 +17,19 @@ import functools
 import logging
 import math
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch.autograd.graph import GradientEdge
 from tqdm.auto import tqdm
 
 from mooframe import distributed
 from mooframe.atomic import CHECKPOINTS, check_output
 from mooframe.checkpoint import Interrupted, TrainingState, checkpoint_directory, guarded_training
 from mooframe.data import resumed
+from mooframe.gradients import add_flat_gradient, gram_matrix, per_task_gradients
 from mooframe.pareto_set import ParetoSetModel
 from mooframe.preferences import sample_preferences
 from mooframe.problem import Problem
@@ -57,12 +65,14 @@ def solve(
     checkpoint_every: int = 0,
     resume: str | Path | None = None,
     on_nonfinite: str = "raise",
+    prefs_per_step: int = 1,
+    grad_clip: float | None = None,
 ) -> ParetoSetResult:
     """Train `model` on `problem` with `solver` and return the learned Pareto set.
 
     Args:
         problem, model, solver: registered names (see `mooframe list`) or instances.
-        steps: optimizer steps, one preference each.
+        steps: optimizer steps, `prefs_per_step` preferences each.
         lr: learning rate; default: the model's `default_lr` (1e-2, the PWE-MoE paper's; 1e-3 for the
             hypernetwork). `lr_schedule="cosine"` decays it to 0.1 * lr (the PWE-MoE schedule).
         warmup_steps: steps over which the learning rate rises linearly to `lr` before the schedule starts;
@@ -82,7 +92,12 @@ def solve(
             must equal those that wrote it.
         on_nonfinite: a NaN or inf loss or gradient "raise"s FloatingPointError naming the step and objective,
             or "skip"s the update (counted in `settings["skipped_steps"]`); parameters never become NaN (an update
-            that overflows a parameter raises FloatingPointError even when skipping).
+            that overflows a parameter raises FloatingPointError even when skipping). A non-finite value under
+            any of a step's K preferences stops or skips the whole step.
+        prefs_per_step: K, the preferences drawn each step; the step's update is the mean of their K updates.
+            The history keeps one row per preference trained (K per step, in the order drawn).
+        grad_clip: clip the norm of the step's gradient (all trainable parameters together, after the mean over
+            the K preferences and over ranks) to this value (`torch.nn.utils.clip_grad_norm_`); None: no clipping.
 
     Under torch.distributed (a process group is initialized, e.g. by `torchrun`) every rank draws the same
     preferences and trains on its shard of each task's batch, gradients are averaged over ranks (see
@@ -104,6 +119,10 @@ def solve(
         raise ValueError(f"alpha must be > 0, got {alpha}; pass a finite positive Dirichlet concentration")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
+    if isinstance(prefs_per_step, bool) or not isinstance(prefs_per_step, int) or prefs_per_step < 1:
+        raise ValueError(f"prefs_per_step must be an integer >= 1, got {prefs_per_step!r}")
+    if grad_clip is not None and not 0 < grad_clip < math.inf:
+        raise ValueError(f"grad_clip must be > 0, got {grad_clip}; pass a finite positive norm, or None not to clip")
     if warmup_steps is not None and not 0 <= warmup_steps <= steps:
         raise ValueError(f"warmup_steps must be between 0 and steps = {steps}, got {warmup_steps}")
     if resume is not None and checkpoint_dir is None:
@@ -131,6 +150,7 @@ def solve(
 
     settings = {"steps": steps, "lr": lr, "optimizer": optimizer, "lr_schedule": lr_schedule, "alpha": alpha}
     settings.update(warmup_steps=warmup_steps, seed=seed, device=str(device), world_size=distributed.world_size())
+    settings.update(prefs_per_step=prefs_per_step, grad_clip=grad_clip)
     identity = {**settings, "problem": problem.spec(), "model": model.spec(), "solver": solver.spec()}
     state = TrainingState(model, opt, schedule, solver, np.random.default_rng(seed), settings=identity)
     if resume is not None:
@@ -143,15 +163,15 @@ def solve(
     )
     with guarded_training(checkpoint_dir, writer=distributed.is_writer()) as interrupted:
         for step in bar:
-            pref = model.training_preference(sample_preferences(n_objectives, state.pref_rng, alpha).to(device), step)
-            solution = model(pref)
-            losses = problem.losses(solution, next(batches))  # this rank's share of the global batch
-            global_losses = distributed.mean(losses.detach())
+            prefs = _draw_preferences(model, state.pref_rng, alpha, prefs_per_step, step, device)
+            batch = next(batches)  # this rank's share of the global batch, shared by the K preferences
+            seen: dict[str, list[torch.Tensor]] = {"loss": [], "weight": []}
             try:
-                _check_losses(global_losses, problem)
                 opt.zero_grad(set_to_none=True)
-                weights = _backward(losses, global_losses, pref, solver, params, problem.objective_names)
+                _accumulate_gradients(model, problem, solver, prefs, batch, params, seen)
                 _check_gradients(model)
+                if grad_clip is not None:
+                    torch.nn.utils.clip_grad_norm_(params, grad_clip)
                 opt.step()
                 if on_nonfinite == "skip":  # a finite gradient can still overflow a parameter: never keep it
                     _check_parameters(model, step)
@@ -161,11 +181,9 @@ def solve(
                     raise FloatingPointError(f"step {step}: {fault} ({hint})") from None
                 logger.warning("step %d: %s; skipped", step, fault)
                 state.skipped_steps += 1
-                weights = torch.full((n_objectives,), float("nan"))
-            # The Gram path retains the step's graph (all T tasks' activations): drop it before the next forward
-            del solution, losses
+                seen["weight"] = []  # no update was made: every weight of the step reads NaN
             schedule.step()
-            state.record(global_losses, weights, pref)
+            state.record(*(_rows(seen[key], prefs_per_step, n_objectives) for key in ("loss", "weight")), prefs)
             bar.set_postfix_str(" ".join(f"{v:.3g}" for v in state.history["loss"][-1]), refresh=False)
             stop = distributed.any_rank(interrupted.is_set(), device)
             if stop or checkpoint_every and (state.step % checkpoint_every == 0 or state.step == steps):
@@ -184,81 +202,116 @@ class _NonFinite(FloatingPointError):
     """A NaN or inf loss or gradient: `solve` stops or skips the step, as `on_nonfinite` says."""
 
 
-def _backward(
+def _draw_preferences(
+    model: ParetoSetModel, rng: np.random.Generator, alpha: float, count: int, step: int, device: torch.device
+) -> torch.Tensor:
+    """The K x T preferences of `step`: K Dirichlet draws in turn (the first is the draw of a K = 1 run), each
+    passed through `model.training_preference` with its index among all preferences trained (step K + k).
+
+    Every rank holds the same generator state, so under torch.distributed all ranks train the same K preferences.
+    """
+    draws = [sample_preferences(model.n_objectives, rng, alpha).to(device) for _ in range(count)]
+    return torch.stack([model.training_preference(pref, step * count + k) for k, pref in enumerate(draws)])
+
+
+def _accumulate_gradients(
+    model: ParetoSetModel,
+    problem: Problem,
+    solver: Solver,
+    prefs: torch.Tensor,
+    batch: Any,
+    params: list[torch.nn.Parameter],
+    seen: dict[str, list[torch.Tensor]],
+) -> None:
+    """Set `.grad` of `params` to (1/K) sum_k sum_t w_kt grad l_t(r_k), with w_k the solver's weights at r_k.
+
+    The solver sees each preference's losses averaged over ranks (and, if it needs it, the Gram matrix of the
+    per-task gradients, averaged over ranks before it is formed); gradients are this rank's, averaged over ranks.
+    Each block of losses the model evaluates together is backpropagated once, then released. The global losses
+    and the weights of each preference are appended to `seen` as they come (a non-finite value raises `_NonFinite`).
+    """
+    count, index = len(prefs), 0
+    for block in _loss_blocks(model, problem, prefs, batch, solver.needs_gram):
+        objective: torch.Tensor | None = None  # sum_k w_k . l(r_k) over the block (solvers without a Gram matrix)
+        for losses in block:
+            if index == count:
+                raise _wrong_count(model, "more", count)
+            pref = prefs[index]
+            global_losses = distributed.mean(losses.detach())
+            _check_losses(global_losses, problem)
+            seen["loss"].append(global_losses)
+            _check_finite(global_losses, problem)
+            if solver.needs_gram:
+                weights, direction, reached = _gram_direction(losses, global_losses, pref, solver, params, problem)
+                add_flat_gradient(reached, direction / count)
+            else:
+                weights = solver.weights(global_losses, pref).detach()
+                term = weights @ losses
+                objective = term if objective is None else objective + term
+            seen["weight"].append(weights)
+            index += 1
+        if objective is not None:
+            (objective / count).backward()
+        block = losses = objective = None  # the Gram path retains the block's graph: drop it before the next
+    if index != count:
+        raise _wrong_count(model, "fewer", count)
+    if not solver.needs_gram:
+        distributed.mean_gradients(params)
+
+
+def _wrong_count(model: ParetoSetModel, more_or_fewer: str, count: int) -> RuntimeError:
+    return RuntimeError(f"{type(model).__name__}.preference_losses gave {more_or_fewer} than {count} rows of losses "
+                        f"for {count} preferences; it must give one row per preference, in order")  # fmt: skip
+
+
+def _loss_blocks(
+    model: ParetoSetModel, problem: Problem, prefs: torch.Tensor, batch: Any, needs_gram: bool
+) -> Iterator[torch.Tensor | list[torch.Tensor]]:
+    """The model's blocks of losses for `prefs`; one preference at a time for a Gram-based solver, whose T per-task
+    backward passes of each preference would each run through the whole block's graph (T K^2 work, not T K)."""
+    if not needs_gram:
+        yield from model.preference_losses(problem, prefs, batch)
+        return
+    for k in range(len(prefs)):
+        yield from model.preference_losses(problem, prefs[k : k + 1], batch)
+
+
+def _gram_direction(
     losses: torch.Tensor,
     global_losses: torch.Tensor,
     pref: torch.Tensor,
     solver: Solver,
     params: list[torch.nn.Parameter],
-    objective_names: list[str],
-) -> torch.Tensor:
-    """Set `.grad` of `params` to sum_t w_t grad l_t with the solver's weights w, and return w.
+    problem: Problem,
+) -> tuple[torch.Tensor, torch.Tensor, list[torch.nn.Parameter]]:
+    """The solver's weights w at `pref`, the direction w^T G and the parameters it covers.
 
-    `losses` are this rank's (differentiable), `global_losses` their mean over ranks, which the solver sees.
+    Parameters no loss depends on get no gradient (their `.grad` stays None, as in the summed backward, so that
+    momentum leaves them be).
     """
-    if not solver.needs_gram:
-        weights = solver.weights(global_losses, pref).detach()
-        (weights @ losses).backward()
-        distributed.mean_gradients(params)
-        return weights
-    # Parameters no loss depends on keep .grad None, as in the summed backward, so that momentum leaves them be.
-    grads, params = per_task_gradients(losses, params)
+    grads, reached = per_task_gradients(losses, params)
     grads = distributed.mean(grads)
     bad = ~torch.isfinite(grads).all(dim=1)
     if bad.any():  # before the solver sees a NaN Gram matrix
-        raise _NonFinite(f"non-finite gradient of objective(s) {_names(bad, objective_names)}")
-    weights = solver.weights(global_losses, pref, gram=grads @ grads.T).detach().to(grads)
-    assign_flat_gradient(params, weights @ grads)
-    return weights
+        raise _NonFinite(f"non-finite gradient of objective(s) {_names(bad, problem.objective_names)}")
+    weights = solver.weights(global_losses, pref, gram=gram_matrix(grads)).detach().to(grads)
+    return weights, weights @ grads, reached
 
 
-def per_task_gradients(
-    losses: torch.Tensor, params: list[torch.nn.Parameter]
-) -> tuple[torch.Tensor, list[torch.nn.Parameter]]:
-    """The T x P matrix whose row t is the gradient of loss t, flattened, over the parameters some loss reaches.
-
-    Returns the matrix and those parameters (in order); parameters no loss depends on get no column.
-    """
-    per_task = []
-    for output in _task_outputs(losses):
-        grads = (None,) * len(params)
-        if output is not None:
-            seed = torch.ones((), dtype=losses.dtype, device=losses.device)
-            grads = torch.autograd.grad(output, params, seed, retain_graph=True, allow_unused=True)
-        per_task.append(grads)
-    reached = [i for i in range(len(params)) if any(grads[i] is not None for grads in per_task)]
-    rows = [
-        torch.cat([(g[i] if g[i] is not None else torch.zeros_like(params[i])).flatten() for i in reached])
-        if reached
-        else losses.new_zeros(0)
-        for g in per_task
-    ]
-    return torch.stack(rows), [params[i] for i in reached]
-
-
-def _task_outputs(losses: torch.Tensor) -> list[torch.Tensor | GradientEdge | None]:
-    """Each loss as an autograd output; None for a loss that depends on no trainable tensor.
-
-    When `losses` is a torch.stack of per-task scalars (as problems build it), task t's output is the stack's
-    input t: differentiating `losses[t]` would run every task's backward, all but one with zero gradients.
-    """
-    node = losses.grad_fn
-    if node is not None and node.name() == "StackBackward0" and len(node.next_functions) == losses.numel():
-        return [GradientEdge(child, nr) if child is not None else None for child, nr in node.next_functions]
-    return [losses[t] if losses.requires_grad else None for t in range(losses.numel())]
-
-
-def assign_flat_gradient(params: list[torch.nn.Parameter], flat: torch.Tensor) -> None:
-    """Write a flat gradient vector into the `.grad` of each parameter, in order."""
-    offset = 0
-    for p in params:
-        p.grad = flat[offset : offset + p.numel()].view_as(p).clone()
-        offset += p.numel()
+def _rows(values: list[torch.Tensor], count: int, n_objectives: int) -> torch.Tensor:
+    """`count` rows of the step's history: the values seen, NaN for the preferences a skipped step never reached."""
+    rows = torch.full((count, n_objectives), float("nan"), dtype=torch.float64)
+    if values:
+        rows[: len(values)] = torch.stack([v.detach().double().cpu() for v in values])
+    return rows
 
 
 def _check_losses(losses: torch.Tensor, problem: Problem) -> None:
     if losses.shape != (problem.n_objectives,):
         raise ValueError(f"problem.losses returned shape {tuple(losses.shape)}, expected ({problem.n_objectives},)")
+
+
+def _check_finite(losses: torch.Tensor, problem: Problem) -> None:
     bad = ~torch.isfinite(losses)
     if bad.any():
         raise _NonFinite(f"non-finite loss for objective(s) {_names(bad, problem.objective_names)}: {losses.tolist()}")

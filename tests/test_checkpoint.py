@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 from collections.abc import Callable
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -18,6 +20,7 @@ from mooframe.problems.merging import MergingProblem
 from mooframe.result import ParetoSetResult
 from mooframe.solve import solve
 from mooframe.solvers.ls import LinearScalarization
+from mooframe.solvers.tchebycheff import Tchebycheff
 
 STEPS = 12
 
@@ -229,3 +232,77 @@ def test_a_run_resumes_and_reloads_with_other_runtime_options(digits_cache, tmp_
         ValueError, match=r"options \['seed'\] cannot be re-supplied .* runtime options \(cache_dir, progress\)"
     ):
         ParetoSetResult.load(run, problem_options={"seed": 1})
+
+
+@pytest.mark.slow
+def test_a_run_with_four_preferences_a_step_resumes_bit_identical(tiny_merging_problem, tmp_path):
+    """A stateful solver (Tchebycheff's running ideal point, updated under every preference) and Adam's moments
+    survive the checkpoint; the resumed run draws the remaining preferences and batches exactly."""
+
+    def run(problem, **kwargs):
+        return _run(problem, tiny_merging_problem, Tchebycheff(ideal=None), **{"prefs_per_step": 4, **kwargs})
+
+    uninterrupted = run(tiny_merging_problem)
+    crashing = _Disrupted(tiny_merging_problem, at_step=9 * 4 + 2, disrupt=_crash)  # step 9, third preference
+    with pytest.raises(RuntimeError, match="process killed"):
+        run(crashing, checkpoint_dir=tmp_path, checkpoint_every=4)
+    assert [p.name for p in checkpoint_folders(tmp_path)] == ["step-00000008"]
+    with pytest.raises(ValueError, match=r"prefs_per_step=4, this run has prefs_per_step=2"):
+        run(tiny_merging_problem, resume=tmp_path, prefs_per_step=2)
+    resumed = run(tiny_merging_problem, resume=tmp_path)
+    _assert_identical(resumed, uninterrupted)
+    for key, values in uninterrupted.history.items():
+        assert values.shape == (STEPS * 4, 2) and (resumed.history[key] == values).all(), key
+    assert resumed.solver.state_dict() == uninterrupted.solver.state_dict()
+
+
+def test_a_checkpoint_written_before_k_existed_resumes_as_one_preference_a_step(tiny_merging_problem, tmp_path):
+    with pytest.raises(RuntimeError):
+        _run(
+            _Disrupted(tiny_merging_problem, 5, _crash),
+            tiny_merging_problem,
+            checkpoint_dir=tmp_path,
+            checkpoint_every=4,
+        )
+    state_file = checkpoint_folders(tmp_path)[-1] / "state.json"
+    state = json.loads(state_file.read_text())
+    for key in ("prefs_per_step", "grad_clip"):
+        del state["settings"][key]  # as a checkpoint of an earlier mooframe holds them
+    state_file.write_text(json.dumps(state))
+    _assert_identical(_run(tiny_merging_problem, resume=tmp_path), _run(tiny_merging_problem))
+    with pytest.raises(ValueError, match=r"prefs_per_step=1, this run has prefs_per_step=3"):
+        _run(tiny_merging_problem, resume=tmp_path, prefs_per_step=3)
+
+
+@pytest.mark.slow
+def test_a_nonfinite_loss_under_one_of_k_preferences_stops_or_skips_the_whole_step(tiny_merging_problem):
+    nan_in_b = _Disrupted(  # step 3, second of its four preferences
+        tiny_merging_problem, at_step=3 * 4 + 1, disrupt=lambda losses: losses * torch.tensor([1.0, float("nan")])
+    )
+    with pytest.raises(FloatingPointError, match=r"step 3: non-finite loss for objective\(s\) \['b'\]"):
+        _run(nan_in_b, tiny_merging_problem, GramLS(), prefs_per_step=4)
+    nan_in_b.calls = 0
+    skipped = _run(nan_in_b, tiny_merging_problem, GramLS(), prefs_per_step=4, on_nonfinite="skip")
+    assert skipped.settings["skipped_steps"] == 1
+    weights, losses = skipped.history["weight"], skipped.history["loss"]
+    assert np.isnan(weights[12:16]).all() and np.isfinite(np.delete(weights, range(12, 16), axis=0)).all()
+    assert np.isfinite(losses[12]).all() and np.isnan(losses[13, 1]) and np.isnan(losses[14:16]).all()
+    # with plain SGD a skipped step equals a step with zero gradient under all four preferences
+    nan_in_b.calls = 0
+    _assert_identical(
+        _run(nan_in_b, tiny_merging_problem, optimizer="sgd", prefs_per_step=4, on_nonfinite="skip"),
+        _run(_ZeroGradientInStep(tiny_merging_problem, 3, 4), tiny_merging_problem, optimizer="sgd", prefs_per_step=4),
+    )
+
+
+class _ZeroGradientInStep(_Disrupted):
+    """`inner` whose losses have zero gradient under every preference of step `at_step` (`per_step` a step)."""
+
+    def __init__(self, inner: MergingProblem, at_step: int, per_step: int) -> None:
+        super().__init__(inner, at_step, lambda losses: losses.detach() + 0 * losses)
+        self.per_step = per_step
+
+    def losses(self, solution, batch):
+        losses = self.inner.losses(solution, batch)
+        self.calls += 1
+        return self.disrupt(losses) if (self.calls - 1) // self.per_step == self.at_step else losses

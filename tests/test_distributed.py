@@ -24,10 +24,12 @@ from mooframe.solvers.ls import LinearScalarization
 STEPS, SEED = 8, 5
 
 
-CASES = {  # model, solver, options: the LS path, the Gram path, and PWE-MoE with EPO (Gram path, LPs)
+CASES = {  # model, solver, options: the LS path, the Gram path, PWE-MoE with EPO (Gram path, LPs), 3 prefs a step
     "ls": (RouterMerge, LinearScalarization, {}),
     "gram": (RouterMerge, GramLS, {}),
     "pwe_moe-epo": (lambda problem: "pwe_moe", lambda: "epo", {"model_kwargs": {"upscale": ["0", "2"]}}),
+    "ls-3-prefs": (RouterMerge, LinearScalarization, {"prefs_per_step": 3}),  # every rank draws the same 3
+    "gram-3-prefs": (RouterMerge, GramLS, {"prefs_per_step": 3}),
 }
 
 

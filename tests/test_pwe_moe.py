@@ -298,7 +298,7 @@ def test_saved_run_holds_only_the_routers_and_reloads_to_the_same_front(problem,
 
 def test_gram_path_runs_each_task_backward_once(problem):
     """Task t's gradient must not run the other tasks' backward passes (with zero gradients) through the stack."""
-    from mooframe.solve import per_task_gradients
+    from mooframe.gradients import per_task_gradients
 
     model, calls = PWEMoE(problem, upscale="mlp"), [0, 0]
     heads = copy.deepcopy(problem.heads)

@@ -772,6 +772,8 @@ def _bad_invocations(run: Path, tmp: Path) -> list[tuple[list[str], str]]:
         ([*solve_, "--steps", "-5", *out], "argument --steps: must be an integer >= 0, got -5"),
         ([*solve_, "--steps", "many", *out], "argument --steps: 'many' is not an integer >= 0"),
         ([*solve_, "--checkpoint-every", "-1", *out], "argument --checkpoint-every: must be an integer >= 0"),
+        ([*solve_, "--prefs-per-step", "0", *out], "argument --prefs-per-step: must be an integer >= 1, got 0"),
+        ([*solve_, "--grad-clip", "0", *out], "argument --grad-clip: must be a finite number > 0, got 0"),
         (
             [*solve_, "--device", "cuda:7", *out],
             "argument --device: device 'cuda:7' is not available here; available: cpu",

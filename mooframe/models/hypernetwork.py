@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 from torch import nn
 
@@ -43,4 +45,16 @@ class HypernetworkPSL(ParetoSetModel):
         self.net = nn.Sequential(*layers)
 
     def forward(self, pref: torch.Tensor) -> torch.Tensor:
+        """x(r) for one preference (shape (T,)), or for a batch of K (shape (K, T): K decision vectors)."""
         return self.lower + self.span * torch.sigmoid(self.net(pref.to(self.lower)))
+
+    def preference_losses(
+        self, problem: Problem, prefs: torch.Tensor, batch: object
+    ) -> Iterator[torch.Tensor | list[torch.Tensor]]:
+        """The K preferences' losses in one block: one batched forward of the MLP and the problem's losses
+        vectorized over the K decision vectors (torch.func.vmap: `problem.losses` must be written in torch ops, as
+        the synthetic problems' are). One preference takes the unbatched path, exactly `losses(forward(r))`."""
+        if len(prefs) == 1:
+            yield from super().preference_losses(problem, prefs, batch)
+            return
+        yield torch.func.vmap(problem.losses, in_dims=(0, None))(self(prefs), batch)
