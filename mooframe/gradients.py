@@ -19,21 +19,23 @@ def per_task_gradients(
     Returns the matrix and those parameters (in order); parameters no loss depends on get no column. The graph is
     retained (the caller may differentiate the losses again).
     """
-    per_task = []
+    per_task: list[tuple[torch.Tensor | None, ...]] = []
     for output in _task_outputs(losses):
-        grads = (None,) * len(params)
+        grads: tuple[torch.Tensor | None, ...] = (None,) * len(params)
         if output is not None:
             seed = torch.ones((), dtype=losses.dtype, device=losses.device)
             grads = torch.autograd.grad(output, params, seed, retain_graph=True, allow_unused=True)
         per_task.append(grads)
     reached = [i for i in range(len(params)) if any(grads[i] is not None for grads in per_task)]
     rows = [
-        torch.cat([(g[i] if g[i] is not None else torch.zeros_like(params[i])).flatten() for i in reached])
-        if reached
-        else losses.new_zeros(0)
+        torch.cat([_or_zeros(g[i], params[i]).flatten() for i in reached]) if reached else losses.new_zeros(0)
         for g in per_task
     ]
     return torch.stack(rows), [params[i] for i in reached]
+
+
+def _or_zeros(grad: torch.Tensor | None, param: torch.Tensor) -> torch.Tensor:
+    return torch.zeros_like(param) if grad is None else grad
 
 
 def _task_outputs(losses: torch.Tensor) -> list[torch.Tensor | GradientEdge | None]:
