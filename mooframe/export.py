@@ -2,7 +2,7 @@
 
 | family (`Backbone.family`) | what is written |
 | --- | --- |
-| `hf_*` (hf_clip, hf_gpt2, hf_auto) | the transformers model's `save_pretrained` directory (`from_pretrained` loads it), with the tokenizer where the backbone has one |
+| `hf_*` (hf_clip, hf_gpt2, hf_auto) | the `save_pretrained` folder (`from_pretrained` loads it), tokenizer included |
 | `open_clip` | `open_clip_model.safetensors`: the tower's state dict under open_clip's checkpoint keys (`visual.*`) |
 | anything else | `model.safetensors`: the module's state dict (or `{"solution": tensor}` for a decision vector) |
 

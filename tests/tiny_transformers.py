@@ -1,4 +1,4 @@
-"""Tiny Llama / Qwen2 / BERT / ViT checkpoints, PEFT adapters and prompt/answer files, as save_pretrained writes them."""
+"""Tiny Llama, Qwen2, BERT checkpoints, PEFT adapters and prompt/answer files, as save_pretrained writes them."""
 
 from __future__ import annotations
 
@@ -26,7 +26,9 @@ def decoder_config(family: str, **overrides):
     from transformers import LlamaConfig, MistralConfig, Qwen2Config
 
     config = {"llama": LlamaConfig, "qwen2": Qwen2Config, "mistral": MistralConfig}[family]
-    sizes = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
+    sizes = dict(
+        hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2
+    )
     return config(vocab_size=len(WORDS), pad_token_id=0, eos_token_id=1, bos_token_id=None, max_position_embeddings=64,
                   **{**sizes, **overrides})  # fmt: skip
 

@@ -195,7 +195,9 @@ def build(seed: int, folder: Path, progress: bool = True) -> None:
     )  # fmt: skip
     model = LlamaForCausalLM(config)
     named = [examples(task, RECIPE["train_examples"], 1000 * seed + 5, named=True) for task in TASKS]
-    pretraining = prompt_answer_tokens([p for ps, _ in named for p in ps], [a for _, as_ in named for a in as_], tok, 32)
+    pretraining = prompt_answer_tokens(
+        [p for ps, _ in named for p in ps], [a for _, as_ in named for a in as_], tok, 32
+    )
     generator = torch.Generator().manual_seed(seed)
     _train(model, pretraining, RECIPE["pretrain_steps"], RECIPE["lr"], generator, "pretrain" if progress else None)
     model.save_pretrained(str(folder / "base"))

@@ -57,12 +57,18 @@ class SequenceClassificationTasks(PretrainedMergingProblem):
         self.tasks = list(tasks) if tasks is not None else [f"task{t + 1}" for t in range(len(self.experts))]
         self.text_columns = [c if isinstance(c, str) else list(c) for c in text_columns]
         self.label_column, self.train_split, self.test_split = label_column, train_split, test_split
-        self.max_length, self.max_train_examples, self.max_test_examples = max_length, max_train_examples, max_test_examples
+        self.max_length, self.max_train_examples, self.max_test_examples = (
+            max_length,
+            max_train_examples,
+            max_test_examples,
+        )
         check_precision(precision)
         per_task(self.experts, self.tasks, "experts")
         per_task(self.data, self.tasks, "data sources")
         columns = self.text_columns if all(isinstance(c, list) for c in self.text_columns) else None
-        columns = per_task(columns, self.tasks, "text column lists") if columns else [self.text_columns] * len(self.tasks)
+        columns = (
+            per_task(columns, self.tasks, "text column lists") if columns else [self.text_columns] * len(self.tasks)
+        )
         if any(not 1 <= len(c) <= 2 for c in columns):
             raise ValueError(f"pass one or two text columns per task (a sentence or a pair), got {self.text_columns}")
         loaded = hf_auto.load("sequence_classification", model, self.experts)
