@@ -55,7 +55,7 @@ def main() -> None:
     total = sum(p.numel() for p in params.values())
     block_linears = [m for n, m in backbone.named_modules() if isinstance(m, nn.Linear) and ".layers." in n]
     lora = sum(r * (m.in_features + m.out_features) for m in block_linears)
-    print(f"{args.layout}: {total / 1e6:.1f}M parameters; T = {t} experts, LoRA rank {r} on {len(block_linears)} linears")
+    print(f"{args.layout}: {total / 1e6:.1f}M parameters; T = {t}, LoRA rank {r} on {len(block_linears)} linears")
     print(f"{'what is held':<34} {'values':>14} {'float32':>12} {'bfloat16':>12}")
     rows = [("base model", total), (f"{t} full experts", t * total), (f"{t} LoRA experts (factors)", t * lora)]
     presets = structure_presets(backbone)
@@ -68,7 +68,7 @@ def main() -> None:
         rows.append((f"{t} full experts, {preset} kept", t * sum(params[n].numel() for n in owned)))
     for label, n in rows:
         print(f"{label:<34} {n:>14,} {gib(n, 4):>12} {gib(n, 2):>12}")
-    print(f"full / LoRA experts: {total / lora:.0f}x")
+    print(f"full / LoRA experts: {total / lora:.0f}x the values")
     print(f"{'preset':<16} {'modules':>8} {'router params (T=' + str(t) + ')':>22}")
     for preset, n_modules in routed.items():
         print(f"{preset:<16} {n_modules:>8} {n_modules * (4 * t * t + 3 * t):>22,}")

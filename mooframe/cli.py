@@ -365,8 +365,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--steps",
         type=count,
-        default=1000,
-        help="training steps per trained method, per dimension of the preference simplex (T - 1)",
+        default=None,
+        help="training steps per trained method, per dimension of the preference simplex (T - 1); "
+        "default 1000 (digits), 300 (lm)",
     )
     demo.add_argument("--seed", type=count, default=0)
     demo.add_argument("--workers", type=positive_int, help="processes running the methods (default: one per CPU core)")

@@ -66,10 +66,10 @@ def lm_problem(n_tasks: int, seed: int, progress: bool) -> MergingProblem:
     return DigitStringTasks(tasks=LM_TASKS[:n_tasks], seed=seed, progress=progress)
 
 
-#: family -> (problem of its first n tasks, report title, default methods).
+#: family -> (problem of its first n tasks, report title, default methods, default steps per simplex dimension).
 FAMILIES = {
-    "digits": (digits_problem, "multi-task digits", METHODS),
-    "lm": (lm_problem, "digit-string language-model tasks (copy, reverse, sort)", LM_METHODS),
+    "digits": (digits_problem, "multi-task digits", METHODS, 1000),
+    "lm": (lm_problem, "digit-string language-model tasks (copy, reverse, sort)", LM_METHODS, 300),
 }
 #: Dirichlet concentration of the training preferences. Below the paper's alpha = 1 more preferences are drawn
 #: near the simplex's vertices: on two digits tasks PWE-MoE (LS) reaches 1.04/1.07 of the experts' gain at e_t
@@ -177,7 +177,7 @@ def training_front(result: ParetoSetResult, prefs: np.ndarray | list) -> Front:
 
 def run_demo(
     out: str | Path = "runs/demo",
-    steps: int = 1000,
+    steps: int | None = None,
     seed: int = 0,
     progress: bool = True,
     methods: Mapping[str, tuple[str, str, dict[str, Any], dict[str, Any]]] | None = None,
@@ -192,14 +192,15 @@ def run_demo(
     0.88 of expert 1's gain at e_1; docs/benchmarks.md). The methods run in `workers` processes of one thread each
     (default: one per CPU core, at most one per method); each is timed and measured in its own process, and
     trains and is evaluated on `device`. `family` names the problem ("digits" or "lm", `FAMILIES`); `methods`
-    defaults to the family's. `out` must be new, empty or a demo report mooframe wrote (checked first); it is
+    and `steps` default to the family's. `out` must be new, empty or a demo report mooframe wrote (checked first); it is
     replaced atomically at the end.
     """
     if family not in FAMILIES:
         raise ValueError(f"unknown demo family {family!r}; pass one of {', '.join(FAMILIES)}")
     out = check_output(out, DEMO)  # before an hour of training, not after
-    build, family_title, family_methods = FAMILIES[family]
+    build, family_title, family_methods, family_steps = FAMILIES[family]
     methods = family_methods if methods is None else methods
+    steps = family_steps if steps is None else steps
     problems = {  # built (or read from the cache) here, once, before the workers read it
         folder: build(n, seed, progress) for folder, n in TASK_COUNTS.items()
     }

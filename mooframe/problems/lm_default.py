@@ -1,7 +1,7 @@
 """Digit-string tasks: the embedded default language-model problem, generated offline, like digits for vision.
 
 Each task maps the same prompt, a string of digits followed by "=", to a different answer: "copy" repeats it,
-"reverse" reverses it, "sort" sorts it, "increment" adds one to every digit (mod 10). The tasks conflict: no
+"reverse" reverses it, "sort" sorts it. The tasks conflict: no
 answer serves two of them, so a merged model must trade them off. A tiny Llama-style decoder
 (`transformers.LlamaForCausalLM`, so merging runs the same adapter as any Hugging Face causal LM) is pretrained on
 all tasks with the task's name before the digits, and one expert per task is fine-tuned from it on that task's
@@ -35,7 +35,6 @@ TASKS = {
     "copy": lambda digits: digits,
     "reverse": lambda digits: digits[::-1],
     "sort": sorted,
-    "increment": lambda digits: [(d + 1) % 10 for d in digits],
 }
 DEFAULT_TASKS = ("copy", "reverse", "sort")
 EXPERT_KINDS = ("full", "lora")
@@ -52,13 +51,15 @@ ARCHITECTURE = dict(
     tie_word_embeddings=True,
 )
 RECIPE = dict(
-    digits=4,
+    digits=3,
     train_examples=2000,
     test_examples=300,
-    pretrain_steps=300,
+    pretrain_steps=250,
+    pretrain_batch_size=64,
     expert_steps=100,
-    batch_size=64,
+    batch_size=32,
     lr=3e-3,
+    expert_lr=3e-3,
     lora_rank=8,
     lora_lr=1e-2,
 )
@@ -81,12 +82,15 @@ def examples(task: str, n: int, seed: int, named: bool = False) -> tuple[list[st
     return prompts, [" ".join(map(str, TASKS[task](s))) for s in strings]
 
 
+def split_seed(task: str, seed: int, split: str) -> int:
+    """The seed of `task`'s "train" or "test" strings under the build `seed` (each split and task its own)."""
+    return 1000 * seed + 10 * {"train": 1, "test": 2}[split] + list(TASKS).index(task)
+
+
 def task_data(task: str, seed: int, split: str) -> TokenizedDataset:
-    """The train or test split of `task` (disjoint seeds), tokenized."""
+    """The train or test split of `task`, tokenized."""
     n = RECIPE["train_examples" if split == "train" else "test_examples"]
-    offset = {"train": 1, "test": 2}[split]
-    return prompt_answer_tokens(*examples(task, n, 1000 * seed + 10 * offset + list(TASKS).index(task)),
-                                tokenizer(), 32)  # fmt: skip
+    return prompt_answer_tokens(*examples(task, n, split_seed(task, seed, split)), tokenizer(), 32)
 
 
 class DigitStringTasks(LanguageModelling):
@@ -96,7 +100,7 @@ class DigitStringTasks(LanguageModelling):
     training strings.
 
     Args:
-        tasks: task names, at least one, each at most once; known: copy, reverse, sort, increment.
+        tasks: task names, at least one, each at most once; known: copy, reverse, sort.
         experts: "full" (fine-tuned checkpoints) or "lora" (PEFT LoRA adapters, held exactly in low rank).
         seed: seeds the data, the pretraining and the fine-tuning; each seed is built and cached once.
         batch_size: training examples per task per step.
@@ -199,14 +203,15 @@ def build(seed: int, folder: Path, progress: bool = True) -> None:
         [p for ps, _ in named for p in ps], [a for _, as_ in named for a in as_], tok, 32
     )
     generator = torch.Generator().manual_seed(seed)
-    _train(model, pretraining, RECIPE["pretrain_steps"], RECIPE["lr"], generator, "pretrain" if progress else None)
+    _train(model, pretraining, RECIPE["pretrain_steps"], RECIPE["lr"], generator, "pretrain" if progress else None,
+           RECIPE["pretrain_batch_size"])  # fmt: skip
     model.save_pretrained(str(folder / "base"))
     tok.save_pretrained(str(folder / "base"))
     for task in tqdm(TASKS, desc="experts", disable=not progress):
         data = task_data(task, seed, "train")
         expert = LlamaForCausalLM(config)
         expert.load_state_dict(model.state_dict())
-        _train(expert, data, RECIPE["expert_steps"], RECIPE["lr"], generator, None)
+        _train(expert, data, RECIPE["expert_steps"], RECIPE["expert_lr"], generator, None)
         expert.save_pretrained(str(folder / "full" / task))
         _lora_expert(model, data, generator).save_pretrained(str(folder / "lora" / task))
 
@@ -224,16 +229,22 @@ def _lora_expert(base: LlamaForCausalLM, data: TokenizedDataset, generator: torc
 
 
 def _train(
-    model: torch.nn.Module, data: TokenizedDataset, steps: int, lr: float, generator: torch.Generator, desc: str | None
+    model: torch.nn.Module,
+    data: TokenizedDataset,
+    steps: int,
+    lr: float,
+    generator: torch.Generator,
+    desc: str | None,
+    batch_size: int = RECIPE["batch_size"],
 ) -> None:
-    """AdamW on the answer-token cross-entropy, random batches of RECIPE["batch_size"]."""
+    """AdamW on the answer-token cross-entropy, random batches of `batch_size`."""
     backbone = hf_auto.CausalLMBackbone(model)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     window = answer_window(data)
     model.train()
     for _ in tqdm(range(steps), desc=desc, disable=desc is None, leave=False):
-        index = torch.randint(len(data), (RECIPE["batch_size"],), generator=generator)
+        index = torch.randint(len(data), (batch_size,), generator=generator)
         inputs, labels = data.batch(index)
         losses, mask, _ = answer_token_scores(backbone(**inputs, logits_to_keep=window), labels)
         loss = losses.sum() / mask.sum()
