@@ -263,3 +263,20 @@ def test_multiple_choice_picks_the_most_likely_choice(tmp_path):
             scores.append(sum(log_probs[len(prompt) - 1 + i, tok].item() for i, tok in enumerate(answer)))
         correct += int(np.argmax(scores) == row["answer"])
     assert accuracy == pytest.approx(correct / len(rows))
+
+
+def test_tied_output_head_merges_with_its_embedding(tmp_path):
+    """RegMean and Pareto Merging on every linear layer skip the tied head; the export keeps the tie."""
+    base, experts = write_causal_lms(tmp_path, "llama", n_full=2, n_lora=0, tie_word_embeddings=True)
+    problem = CausalLMTasks(base, experts, write_prompt_answers(tmp_path, 2), batch_size=4)
+    assert "model.lm_head.weight" not in problem.pretrained_state()
+    regmean = solve(problem, model="regmean", steps=0, progress=False).model_at([0.5, 0.5])
+    merged = solve(problem, model="pareto_merging", solver="ls", steps=2, progress=False,
+                   model_kwargs={"layers": "all", "rank": 2}).model_at([0.5, 0.5])  # fmt: skip
+    for solution in (regmean, merged):
+        assert solution.model.lm_head.weight is solution.model.model.embed_tokens.weight
+    expected = sum(s["model.model.embed_tokens.weight"] for s in problem.expert_states) / 2
+    torch.testing.assert_close(regmean.model.lm_head.weight, expected)  # averaged, as RegMean does non-linear layers
+    path = export_solution(merged, tmp_path / "export", card={})
+    loaded = AutoModelForCausalLM.from_pretrained(path)
+    torch.testing.assert_close(loaded.lm_head.weight, merged.model.model.embed_tokens.weight)

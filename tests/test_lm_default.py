@@ -141,3 +141,17 @@ def test_lora_experts_are_low_rank(lm_cache):
         problem.expert_states[0]["model.model.embed_tokens.weight"],
         problem.pretrained_state()["model.model.embed_tokens.weight"],
     )
+
+
+@pytest.mark.slow
+def test_demo_runs_on_the_language_model_family(lm_cache, tmp_path):
+    from mooframe.demo import LM_METHODS, run_demo
+
+    assert "Fisher merging" not in LM_METHODS and "PWE-MoE (EPO)" in LM_METHODS
+    report = run_demo(tmp_path / "demo", steps=2, progress=False, methods={"TA": LM_METHODS["task arithmetic"]},
+                      workers=1, family="lm").read_text()  # fmt: skip
+    assert report.startswith("# mooframe demo: digit-string language-model tasks")
+    assert "## 2 tasks: copy, reverse" in report and "## 3 tasks: copy, reverse, sort" in report
+    assert "| TA |" in report and "| experts |" in report
+    with pytest.raises(ValueError, match="unknown demo family 'audio'; pass one of digits, lm"):
+        run_demo(tmp_path / "other", family="audio")

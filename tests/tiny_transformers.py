@@ -33,13 +33,15 @@ def decoder_config(family: str, **overrides):
                   **{**sizes, **overrides})  # fmt: skip
 
 
-def write_causal_lms(root: Path, family: str, n_full: int, n_lora: int, seed: int = 0) -> tuple[str, list[str]]:
+def write_causal_lms(
+    root: Path, family: str, n_full: int, n_lora: int, seed: int = 0, **config: object
+) -> tuple[str, list[str]]:
     """A base causal LM + tokenizer, `n_full` perturbed full experts and `n_lora` PEFT LoRA adapters; their paths."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
-    base = AutoModelForCausalLM.from_config(decoder_config(family))
+    base = AutoModelForCausalLM.from_config(decoder_config(family, **config))
     base.save_pretrained(root / "base")
     char_tokenizer().save_pretrained(root / "base")
     experts = []

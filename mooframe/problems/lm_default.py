@@ -15,7 +15,8 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -127,8 +128,9 @@ class DigitStringTasks(LanguageModelling):
         if experts not in EXPERT_KINDS:
             raise ValueError(f"experts must be one of {', '.join(EXPERT_KINDS)}, got {experts!r}")
         self.tasks, self.experts, self.seed, self.cache_dir, self.progress = tasks, experts, seed, cache_dir, progress
-        folder = load_or_build(seed, cache_path(cache_dir, seed), progress)
-        loaded = hf_auto.load("causal_lm", str(folder / "base"), [str(folder / experts / t) for t in tasks])
+        with transformers_bars(progress):
+            folder = load_or_build(seed, cache_path(cache_dir, seed), progress)
+            loaded = hf_auto.load("causal_lm", str(folder / "base"), [str(folder / experts / t) for t in tasks])
         super().__init__(
             loaded.backbone,
             loaded.experts,
@@ -138,6 +140,21 @@ class DigitStringTasks(LanguageModelling):
             batch_size=batch_size,
             eval_batch_size=300,
         )
+
+
+@contextmanager
+def transformers_bars(show: bool) -> Iterator[None]:
+    """transformers' loading and saving progress bars on or off for the block (then as they were)."""
+    from transformers.utils import logging as hf_logging
+
+    shown = hf_logging.is_progress_bar_enabled()
+    if not show:
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if shown:
+            hf_logging.enable_progress_bar()
 
 
 def cache_path(cache_dir: str | os.PathLike | None, seed: int) -> Path:
