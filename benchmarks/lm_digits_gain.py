@@ -52,7 +52,7 @@ def main() -> None:
         accuracy = front.metrics["accuracy"]
         at_unit = np.array([accuracy[np.argmax(prefs[:, t])][t] for t in range(n)])
         gains = (at_unit - base) / (expert - base)
-        hv = hypervolume(front.objectives, np.ones(n))
+        hv = float(hypervolume(front.objectives, np.ones(n)))
         print(f"{model:<16} steps {steps:>4}  HV {hv:.4f}  gain kept at e_t {np.round(gains, 3).tolist()}  "
               f"({time.perf_counter() - start:.0f} s)")  # fmt: skip
 

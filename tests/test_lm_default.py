@@ -123,7 +123,7 @@ def test_pwe_moe_beats_task_arithmetic_and_reaches_the_experts(lm_cache):
         result = solve(problem, model=model, solver="ls", steps=steps, lr=LR, alpha=0.2, progress=False,
                        model_kwargs={"upscale": "attention_mlp"} if model == "pwe_moe" else {})  # fmt: skip
         fronts[model] = result.front(prefs)
-    hv = {m: hypervolume(f.objectives, np.ones(2)) for m, f in fronts.items()}
+    hv = {m: float(hypervolume(f.objectives, np.ones(2))) for m, f in fronts.items()}
     assert hv["pwe_moe"] > 1.5 * hv["task_arithmetic"]
     accuracy = fronts["pwe_moe"].metrics["accuracy"]
     at_unit = np.array([accuracy[np.argmax(prefs[:, t])][t] for t in range(2)])
