@@ -258,8 +258,9 @@ def _cmd_demo(args: argparse.Namespace) -> None:
     from mooframe.demo import run_demo
 
     report = run_demo(
-        args.out, steps=args.steps, seed=args.seed, progress=not args.quiet, workers=args.workers, device=args.device
-    )
+        args.out, steps=args.steps, seed=args.seed, progress=not args.quiet, workers=args.workers, device=args.device,
+        family=args.family,
+    )  # fmt: skip
     print(f"report written to {report}")
 
 
@@ -360,13 +361,20 @@ def build_parser() -> argparse.ArgumentParser:
     _add_evaluation_options(evaluate)
     evaluate.set_defaults(run=_cmd_evaluate)
 
-    demo = commands.add_parser("demo", help="PWE-MoE vs merging baselines on multi-task digits: report and plots")
+    demo = commands.add_parser(
+        "demo", help="PWE-MoE vs merging baselines on multi-task digits or language-model tasks: report and plots"
+    )
+    demo.add_argument(
+        "--family", choices=("digits", "lm"), default="digits",
+        help="digits (vision, default) or lm (digit-string tasks on a tiny decoder)",
+    )  # fmt: skip
     demo.add_argument("--out", default="runs/demo", help="report directory (default runs/demo)")
     demo.add_argument(
         "--steps",
         type=count,
-        default=1000,
-        help="training steps per trained method, per dimension of the preference simplex (T - 1)",
+        default=None,
+        help="training steps per trained method, per dimension of the preference simplex (T - 1); "
+        "default 1000 (digits), 300 (lm)",
     )
     demo.add_argument("--seed", type=count, default=0)
     demo.add_argument("--workers", type=positive_int, help="processes running the methods (default: one per CPU core)")

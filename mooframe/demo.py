@@ -1,9 +1,11 @@
-"""`mooframe demo`: PWE-MoE (LS and EPO) against merging baselines on multi-task digits, in one report.
+"""`mooframe demo`: PWE-MoE (LS and EPO) against merging baselines on an embedded problem, in one report.
 
-On 2 and 3 of the digits tasks it trains PWE-MoE with linear scalarization and with EPO, and Pareto Merging with
-smooth Tchebycheff (with its base merge alone beside it), evaluates them beside
-preference-weighted task arithmetic, TIES, the paper's single-model baselines (weight averaging, Fisher merging,
-RegMean: one point each), the individual experts and one LS fine-tuned model per ray (K = 5),
+The problem family is multi-task digits (vision, the default) or the digit-string language-model tasks
+(`--family lm`: copy, reverse, sort with a tiny Llama-style decoder). On 2 and 3 of its tasks it trains PWE-MoE
+with linear scalarization and with EPO, and Pareto Merging with smooth Tchebycheff (with its base merge alone beside
+it), evaluates them beside preference-weighted task arithmetic, TIES, the paper's single-model baselines (weight
+averaging, Fisher merging (digits only), RegMean: one point each), the individual experts and one LS fine-tuned
+model per ray (K = 5),
 and writes report.md with HV, accuracies at the unit and equal preferences, trainable parameters, wall time
 and peak memory per method, and a plot of the fronts per task count.
 """
@@ -31,6 +33,8 @@ from mooframe.models.pwe_moe import PWEMoE
 from mooframe.pareto_set import FunctionalModel
 from mooframe.preferences import equal_preference
 from mooframe.problems.digits import DEFAULT_TASKS, MultiTaskDigits, torch_threads
+from mooframe.problems.lm_default import DEFAULT_TASKS as LM_TASKS
+from mooframe.problems.lm_default import DigitStringTasks
 from mooframe.problems.merging import MergingProblem
 from mooframe.report import compare_fronts, evaluation_preferences, write_report
 from mooframe.result import ParetoSetResult
@@ -50,7 +54,24 @@ METHODS: dict[str, tuple[str, str, dict[str, Any], dict[str, Any]]] = {
     "Pareto Merging (STCH)": ("pareto_merging", "smooth_tchebycheff", {"rank": 4}, {}),
     "Pareto Merging base merge": ("pareto_merging", "ls", {"rank": 0}, {"steps": 0}),
 }
+#: The language-model family's methods: Fisher merging's per-example Fisher is written for one label per example.
+LM_METHODS = {label: spec for label, spec in METHODS.items() if label != "Fisher merging"}
 TASK_COUNTS = {"two_tasks": 2, "three_tasks": 3}
+
+
+def digits_problem(n_tasks: int, seed: int, progress: bool) -> MergingProblem:
+    return MultiTaskDigits(tasks=DEFAULT_TASKS[:n_tasks], seed=seed, progress=progress)
+
+
+def lm_problem(n_tasks: int, seed: int, progress: bool) -> MergingProblem:
+    return DigitStringTasks(tasks=LM_TASKS[:n_tasks], seed=seed, progress=progress)
+
+
+#: family -> (problem of its first n tasks, report title, default methods, default steps per simplex dimension).
+FAMILIES = {
+    "digits": (digits_problem, "multi-task digits", METHODS, 1000),
+    "lm": (lm_problem, "digit-string language-model tasks (copy, reverse, sort)", LM_METHODS, 300),
+}
 #: Dirichlet concentration of the training preferences. Below the paper's alpha = 1 more preferences are drawn
 #: near the simplex's vertices, where PWE-MoE (LS) on the digits tasks otherwise falls short of the experts' gain at
 #: e_t (figures in docs/benchmarks.md, the demo's section).
@@ -157,25 +178,32 @@ def training_front(result: ParetoSetResult, prefs: np.ndarray | list) -> Front:
 
 def run_demo(
     out: str | Path = "runs/demo",
-    steps: int = 1000,
+    steps: int | None = None,
     seed: int = 0,
     progress: bool = True,
-    methods: Mapping[str, tuple[str, str, dict[str, Any], dict[str, Any]]] = METHODS,
+    methods: Mapping[str, tuple[str, str, dict[str, Any], dict[str, Any]]] | None = None,
     workers: int | None = None,
     device: str = "cpu",
+    family: str = "digits",
 ) -> Path:
     """Build the problem, run `methods` on 2 and 3 tasks, write `out`/report.md (+ plots); return its path.
 
     Each trained method runs `steps` steps per dimension of the preference simplex (T - 1): the routers see as
     many preferences per direction of it on 3 tasks as on 2 (with the 2-task budget on 3 tasks PWE-MoE (LS) falls
     short of expert 1's gain at e_1; figures in docs/benchmarks.md). The methods run in `workers` processes of one
-    thread each (default: one per CPU core, at most one per method); each is timed and measured in its own process, and
-    trains and is evaluated on `device`. `out` must be new, empty or a demo report mooframe wrote (checked first);
-    it is replaced atomically at the end.
+    thread each (default: one per CPU core, at most one per method); each is timed and measured in its own process,
+    and trains and is evaluated on `device`. `family` names the problem ("digits" or "lm", `FAMILIES`); `methods`
+    and `steps` default to the family's. `out` must be new, empty or a demo report mooframe wrote (checked first); it is
+    replaced atomically at the end.
     """
+    if family not in FAMILIES:
+        raise ValueError(f"unknown demo family {family!r}; pass one of {', '.join(FAMILIES)}")
     out = check_output(out, DEMO)  # before an hour of training, not after
+    build, family_title, family_methods, family_steps = FAMILIES[family]
+    methods = family_methods if methods is None else methods
+    steps = family_steps if steps is None else steps
     work = [  # the longest first
-        (folder, label, n_tasks, seed, spec, steps, device)
+        (family, folder, label, n_tasks, seed, spec, steps, device)
         for folder, n_tasks in reversed(TASK_COUNTS.items())
         for label, spec in methods.items()
     ]
@@ -186,8 +214,7 @@ def run_demo(
     # terminates them
     with multiprocessing.get_context("spawn").Pool(workers, initializer=_started) as pool:
         problems = {  # built (or read from the cache) here, once, before the workers read it
-            folder: MultiTaskDigits(tasks=DEFAULT_TASKS[:n], seed=seed, progress=progress)
-            for folder, n in TASK_COUNTS.items()
+            folder: build(n, seed, progress) for folder, n in TASK_COUNTS.items()
         }
         done = pool.imap_unordered(_run_job, work)
         for folder, label, run in tqdm(done, total=len(work), desc="demo methods", disable=not progress):
@@ -195,7 +222,7 @@ def run_demo(
         pool.close()  # let the workers exit on their own: a terminated one leaves its semaphores to a warning
         pool.join()
     sections = [
-        "# mooframe demo: multi-task digits",
+        f"# mooframe demo: {family_title}",
         f"Trained methods run {steps} steps per dimension of the preference simplex, {steps} on 2 tasks and "
         f"{2 * steps} on 3 (Dirichlet alpha {ALPHA}, seed {seed}; PWE-MoE's learning rate warms up over "
         f"{PWEMoE.default_warmup_steps} steps); objectives are test errors 1 - accuracy; ray deviation is the mean "
@@ -215,7 +242,9 @@ def run_demo(
             if progress:
                 print(comparison.text())
         (staging / "report.md").write_text("\n\n".join(sections) + "\n")
-        (staging / DEMO.marker).write_text(marker(DEMO, steps=steps, seed=seed, methods=list(methods)) + "\n")
+        (staging / DEMO.marker).write_text(
+            marker(DEMO, steps=steps, seed=seed, methods=list(methods), family=family) + "\n"
+        )
     return out / "report.md"
 
 
@@ -223,11 +252,11 @@ def _started() -> None:
     """A worker's initializer: naming it makes the new worker import this module (torch, the models) at once."""
 
 
-def _run_job(job: tuple[str, str, int, int, tuple, int, str]) -> tuple[str, str, MethodRun]:
-    """One method on the first n_tasks digits tasks, `steps` per simplex dimension, in a worker process (its
+def _run_job(job: tuple[str, str, str, int, int, tuple, int, str]) -> tuple[str, str, MethodRun]:
+    """One method on the family's first n_tasks tasks, `steps` per simplex dimension, in a worker process (its
     trained set is not sent back)."""
-    folder, label, n_tasks, seed, spec, steps, device = job
-    problem = MultiTaskDigits(tasks=DEFAULT_TASKS[:n_tasks], seed=seed, progress=False)
+    family, folder, label, n_tasks, seed, spec, steps, device = job
+    problem = FAMILIES[family][0](n_tasks, seed, False)
     with torch_threads(1):
         run = run_method(problem, spec, steps * (n_tasks - 1), seed, progress=False, device=device)
     return folder, label, replace(run, result=None)

@@ -2,7 +2,7 @@
 
 | family (`Backbone.family`) | what is written |
 | --- | --- |
-| `hf_*` (hf_clip, hf_gpt2) | the transformers model's `save_pretrained` directory (`from_pretrained` loads it) |
+| `hf_*` (hf_clip, hf_gpt2, hf_auto) | the `save_pretrained` folder (`from_pretrained` loads it), tokenizer included |
 | `open_clip` | `open_clip_model.safetensors`: the tower's state dict under open_clip's checkpoint keys (`visual.*`) |
 | anything else | `model.safetensors`: the module's state dict (or `{"solution": tensor}` for a decision vector) |
 
@@ -71,6 +71,9 @@ def _write_checkpoint(solution: Any, directory: Path) -> str:
     family, library_model = (module.family, module.model) if isinstance(module, Backbone) else ("torch", module)
     if family.startswith("hf_"):
         library_model.save_pretrained(str(directory))
+        tokenizer = getattr(module, "tokenizer", None)  # hf_auto backbones carry theirs: the folder is complete
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(directory))
     elif family == "open_clip":
         # open_clip checkpoints hold the whole CLIP model; a visual tower alone goes under its `visual.` keys.
         prefix = "" if hasattr(library_model, "visual") else "visual."

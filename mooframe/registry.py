@@ -28,6 +28,9 @@ PROBLEMS: dict[str, str] = {
     "digits": "mooframe.problems.digits:MultiTaskDigits",
     "clip_image_classification": "mooframe.problems.image_classification:CLIPImageClassification",
     "gpt2_glue": "mooframe.problems.text_classification:GLUETextClassification",
+    "causal_lm": "mooframe.problems.lm:CausalLMTasks",
+    "sequence_classification": "mooframe.problems.sequence_classification:SequenceClassificationTasks",
+    "lm_digits": "mooframe.problems.lm_default:DigitStringTasks",
 }
 
 MODELS: dict[str, str] = {

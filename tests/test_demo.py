@@ -113,7 +113,8 @@ def test_demo_command_passes_its_options(monkeypatch, tmp_path, capsys):
     calls = []
     monkeypatch.setattr("mooframe.demo.run_demo", lambda out, **kwargs: calls.append((out, kwargs)) or tmp_path)
     assert main(["demo", "--out", "somewhere", "--steps", "7", "--seed", "3", "--quiet", "--workers", "1"]) == 0
-    assert calls == [("somewhere", {"steps": 7, "seed": 3, "progress": False, "workers": 1, "device": "cpu"})]
+    expected = {"steps": 7, "seed": 3, "progress": False, "workers": 1, "device": "cpu", "family": "digits"}
+    assert calls == [("somewhere", expected)]
     assert f"report written to {tmp_path}" in capsys.readouterr().out
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mooframe.adapters import Backbone
+from mooframe.adapters.hf_auto import PooledBackbone
 from mooframe.adapters.hub import from_pretrained_offline
 from mooframe.optional import requires
 
@@ -22,8 +22,9 @@ UPSCALE_PRESETS: dict[str, list[str]] = {
 }
 
 
-class GPT2Backbone(Backbone):
-    """(input_ids, attention_mask) -> hidden state of each sequence's last non-padding token.
+class GPT2Backbone(PooledBackbone):
+    """(input_ids, attention_mask) -> hidden state of each sequence's last non-padding token (`hf_auto`'s
+    "last_token" pooling).
 
     That is the token GPT2ForSequenceClassification classifies, so `expert.score(backbone(...))` equals the
     expert's own logits.
@@ -32,13 +33,10 @@ class GPT2Backbone(Backbone):
     family = "hf_gpt2"
 
     def __init__(self, model: GPT2Model) -> None:
-        super().__init__(model)
+        super().__init__(model, "last_token")
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
-        last = (positions * attention_mask).argmax(-1)  # works for left and right padding
-        return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+        return super().forward(input_ids=input_ids, attention_mask=attention_mask)
 
 
 def expert_source(task: str) -> str:

@@ -115,7 +115,8 @@ class RegMean(FixedMerge):
     def merge(self, problem: MergingProblem) -> dict[str, torch.Tensor]:
         backbone = problem.pretrained
         layouts = {name: _weight_layout(module) for name, module in backbone.named_modules()}
-        linear = [name for name, layout in layouts.items() if layout is not None]
+        owned = dict(backbone.named_parameters())  # a tied weight (an LM's output head) is its owner's: averaged
+        linear = [name for name, layout in layouts.items() if layout is not None and f"{name}.weight" in owned]
         data = task_batches(problem, self.batches, self.seed)
         grams = []
         for task, state in enumerate(problem.expert_states):

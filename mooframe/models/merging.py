@@ -215,9 +215,14 @@ def upscaled_modules(problem: MergingProblem, upscale: str | Sequence[str]) -> d
             selected[name] = params
             claimed.update(params)
     if not selected:
-        examples = [name for name, _ in problem.pretrained.named_modules() if name][:8]
         raise ValueError(
             f"the up-scaling patterns {list(upscale)} match no module with parameters; "
-            f"module names look like {examples}"
+            f"the backbone's module names (<i>: any block index) are {module_name_shapes(problem.pretrained)}"
         )
     return selected
+
+
+def module_name_shapes(module: nn.Module, limit: int = 60) -> list[str]:
+    """`module`'s submodule names with block indices written <i>, each distinct shape once, at most `limit`."""
+    shapes = dict.fromkeys(re.sub(r"\.\d+(?=\.|$)", ".<i>", name) for name, _ in module.named_modules() if name)
+    return list(shapes)[:limit]

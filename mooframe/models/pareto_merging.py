@@ -122,9 +122,11 @@ class ParetoMerging(MergingModel):
 def _adapted_weights(problem: MergingProblem, layers: str | Sequence[str]) -> list[str]:
     """Names of the weights of the backbone's `nn.Linear` modules: all of them for "all", else those inside the
     modules `layers` selects (a preset name or regular expressions, as PWE-MoE's `upscale`)."""
+    owned = dict(problem.pretrained.named_parameters())  # a tied weight (an LM's output head) is the embedding's
     linear = [
         f"{n}.weight" if n else "weight" for n, m in problem.pretrained.named_modules() if isinstance(m, nn.Linear)
     ]
+    linear = [name for name in linear if name in owned]
     if layers == "all":
         return linear
     selected = {param for params in upscaled_modules(problem, layers).values() for param in params}

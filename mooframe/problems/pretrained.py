@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -38,8 +39,14 @@ class PretrainedMergingProblem(MergingProblem):
     def logits(self, solution: Callable[..., torch.Tensor], task: int, inputs: Any) -> torch.Tensor:
         if self.precision == "float32":
             return super().logits(solution, task, inputs)
-        with torch.autocast(self.device.type, dtype=PRECISIONS[self.precision]):
+        with self.autocast():
             return super().logits(solution, task, inputs).float()
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """`torch.autocast` to the frozen parts' precision on the problem's device (nothing for float32)."""
+        if self.precision == "float32":
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=PRECISIONS[self.precision])
 
 
 def check_precision(precision: str) -> torch.dtype:
