@@ -1,6 +1,7 @@
 """Problems: synthetic benchmarks with known fronts, and merging problems over real models.
 
-The problems over pretrained models (digits, CLIP image and GPT-2 text classification) load on first use, so
+The problems over pretrained models (digits, CLIP image and GPT-2 text classification, any transformers model,
+the language-model default) load on first use, so
 that importing `mooframe.problems` does not import transformers or datasets.
 """
 
@@ -15,6 +16,10 @@ _ON_FIRST_USE = {
     "CLIPImageClassification": "mooframe.problems.image_classification",
     "GLUETextClassification": "mooframe.problems.text_classification",
     "PretrainedMergingProblem": "mooframe.problems.pretrained",
+    "LanguageModelling": "mooframe.problems.lm",
+    "CausalLMTasks": "mooframe.problems.lm",
+    "SequenceClassificationTasks": "mooframe.problems.sequence_classification",
+    "DigitStringTasks": "mooframe.problems.lm_default",
 }
 
 __all__ = [

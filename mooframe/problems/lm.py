@@ -153,18 +153,16 @@ class LanguageModelling(PretrainedMergingProblem):
         with self.autocast():
             return solution(**inputs, logits_to_keep=self.windows[task]).float()
 
-    def losses(self, solution: Callable[..., torch.Tensor], batch: list[tuple[Any, torch.Tensor]]) -> torch.Tensor:
+    def _losses(self, solution: Callable[..., torch.Tensor], batch: list[tuple[Any, torch.Tensor]]) -> torch.Tensor:
         if self.objective == "weight_distance":
-            return super().losses(solution, batch)
+            return super()._losses(solution, batch)
         values = []
         for task, (inputs, labels) in enumerate(batch):
             losses, mask, _ = answer_token_scores(self.logits(solution, task, inputs), labels.to(self.device))
             values.append(losses.sum() / mask.sum().clamp(min=1))
         return torch.stack(values)
 
-    def evaluate_many(
-        self, solutions: Sequence[Callable[..., torch.Tensor]], progress: bool = False
-    ) -> list[Evaluation]:
+    def _evaluate_many(self, solutions: Sequence[Callable[..., torch.Tensor]], progress: bool) -> list[Evaluation]:
         """Each test batch read once and scored under every solution: per row the answer's summed cross-entropy,
         its token count, its argmax hits; then per task accuracy, token accuracy and loss (module docstring)."""
         n = len(solutions)
@@ -217,6 +215,8 @@ class CausalLMTasks(LanguageModelling):
         scored_by: "exact_match" (default; "choice" where `choices_column` is set) or "loss".
         precision: "float32", or "bfloat16"/"float16" for the frozen parts (e.g. on CUDA).
     """
+
+    registry_name = "causal_lm"
 
     path_options = ("model", "experts", "data")
 

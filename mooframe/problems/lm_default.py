@@ -110,7 +110,9 @@ class DigitStringTasks(LanguageModelling):
         progress: show progress bars while building.
     """
 
+    registry_name = "lm_digits"
     path_options = ("cache_dir",)
+    runtime_options = ("cache_dir", "progress")
 
     def __init__(
         self,

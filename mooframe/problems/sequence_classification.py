@@ -33,6 +33,8 @@ class SequenceClassificationTasks(PretrainedMergingProblem):
             batch_size, eval_batch_size: as in GLUETextClassification.
     """
 
+    registry_name = "sequence_classification"
+
     path_options = ("model", "experts", "data")
 
     def __init__(
