@@ -33,7 +33,7 @@ from torch.utils.data import TensorDataset
 import mooframe
 from mooframe import ParetoSetResult, solve
 from mooframe.indicators import hypervolume
-from mooframe.problem import MergingProblem
+from mooframe.problems.merging import MergingProblem
 from mooframe.registry import SOLVERS, build_solver
 
 for problem in ("zdt1", "dtlz2"):
