@@ -148,7 +148,7 @@ def test_plain_torch_export_is_the_state_dict_in_safetensors(tmp_path, tiny_merg
 
 
 def test_open_clip_export_loads_with_open_clip_load_checkpoint(tmp_path):
-    open_clip = pytest.importorskip("open_clip")
+    import open_clip  # a required dependency (open_clip_torch): a broken install must fail here, not skip
 
     def tiny_open_clip() -> nn.Module:
         torch.manual_seed(0)
