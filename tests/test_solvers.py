@@ -13,7 +13,7 @@ from mooframe.registry import SOLVERS, build_solver
 from mooframe.solver import Solver
 from mooframe.solvers.epo import BACKENDS, EPO
 from mooframe.solvers.ls import LinearScalarization
-from mooframe.solvers.mgda import min_norm_weights
+from mooframe.solvers.mgda import MGDA, min_norm_weights
 from mooframe.solvers.smooth_tchebycheff import SmoothTchebycheff
 from mooframe.solvers.tchebycheff import Tchebycheff
 
@@ -360,3 +360,96 @@ def test_epo_and_tchebycheff_cover_the_concave_zdt2_front_where_ls_reaches_one_e
         ratios[name] = hv(result.front(n=101).objectives) / hv(result.problem.true_front(1000))
     assert ratios["epo"] >= 0.95 and ratios["tchebycheff"] >= 0.95
     assert ratios["ls"] <= 0.25
+
+
+def test_mgda_tolerance_is_checked_and_passed_to_wolfes_algorithm():
+    for tol in (0.0, -1e-9):
+        with pytest.raises(ValueError, match=f"tol must be > 0, got {tol}"):
+            MGDA(tol=tol)
+    gram = np.array([[1.0, 0.2, -0.3], [0.2, 2.0, 0.1], [-0.3, 0.1, 3.0]])
+    exact = MGDA().weights(torch.ones(3), torch.full((3,), 1 / 3), torch.tensor(gram)).numpy()
+    assert (exact > 0.1).all()  # an interior min-norm point
+    # a gap tolerance of 10 x the largest squared norm stops Wolfe's algorithm at its start, the shortest gradient
+    coarse = MGDA(tol=10.0).weights(torch.ones(3), torch.full((3,), 1 / 3), torch.tensor(gram)).numpy()
+    np.testing.assert_array_equal(coarse, [1.0, 0.0, 0.0])
+
+
+def test_min_norm_weights_on_hand_worked_gram_matrices():
+    # orthogonal gradients of squared norms 1 and 4: w = (4, 1) / 5, |d|^2 = 4/5
+    np.testing.assert_allclose(min_norm_weights(np.diag([1.0, 4.0])), [0.8, 0.2], atol=1e-12)
+    # g_2 = 2 g_1: the shorter one alone (its multiple adds only length)
+    np.testing.assert_allclose(min_norm_weights(np.array([[1.0, 2.0], [2.0, 4.0]])), [1.0, 0.0], atol=1e-12)
+    # anti-parallel gradients of equal length: the origin is in the hull, w = (1/2, 1/2)
+    np.testing.assert_allclose(min_norm_weights(np.array([[1.0, -1.0], [-1.0, 1.0]])), [0.5, 0.5], atol=1e-12)
+    # three orthogonal gradients, squared norms 1, 2, 4: w_t proportional to 1 / |g_t|^2
+    np.testing.assert_allclose(min_norm_weights(np.diag([1.0, 2.0, 4.0])), np.array([4, 2, 1]) / 7, atol=1e-12)
+    np.testing.assert_allclose(min_norm_weights(np.zeros((2, 2))), [0.5, 0.5])
+
+
+def test_check_gram_symmetrizes_and_names_shape_errors():
+    from mooframe.solvers.gram import check_gram
+
+    np.testing.assert_array_equal(check_gram(torch.tensor([[1.0, 2.0], [0.0, 3.0]]), 2, "X"), [[1, 1], [1, 3]])
+    assert check_gram(np.eye(2, dtype=np.float32), 2, "X").dtype == np.float64
+    with pytest.raises(ValueError, match=r"X got a Gram matrix of shape \(3, 3\) for 2 losses; pass the 2 x 2"):
+        check_gram(torch.eye(3), 2, "X")
+    with pytest.raises(ValueError, match="X needs the Gram matrix of the task gradients"):
+        check_gram(None, 2, "X")
+    with pytest.raises(ValueError, match="X got a Gram matrix with NaN or inf entries"):
+        check_gram(np.array([[1.0, np.inf], [np.inf, 1.0]]), 2, "X")
+
+
+def test_tchebycheff_puts_the_preference_weight_on_the_largest_weighted_gap():
+    solver = Tchebycheff(ideal=[0.5, 0.0])
+    solver.reset(2)
+    # gaps r (l - z) = (0.6 * 0.5, 0.4 * 0.9) = (0.3, 0.36): objective 2 gets its r_2
+    w = solver.weights(torch.tensor([1.0, 0.9]), torch.tensor([0.6, 0.4]))
+    assert w.tolist() == pytest.approx([0.0, 0.4])
+    assert Tchebycheff().weights(torch.tensor([1.0, 0.9]), torch.tensor([0.6, 0.4])).tolist() == pytest.approx(
+        [0.6, 0.0]
+    )  # z = 0: gaps (0.6, 0.36)
+    assert Tchebycheff(ideal=0.8).weights(torch.tensor([1.0, 0.9]), torch.tensor([0.6, 0.4])).tolist() == (
+        pytest.approx([0.6, 0.0])
+    )  # a scalar ideal for every objective: gaps (0.12, 0.04)
+    assert Tchebycheff(ideal=(1, 2)).ideal == [1.0, 2.0] and Tchebycheff(ideal=2).ideal == 2
+    fresh = Tchebycheff(ideal=None)
+    assert fresh.state_dict() == {"running_min": None}
+    fresh.load_state_dict({"running_min": None})
+    fresh.load_state_dict({})
+    assert fresh.state_dict() == {"running_min": None}
+    fresh.load_state_dict({"running_min": [0.25, 0.5]})
+    assert fresh.ideal_point(torch.tensor([0.3, 0.2])).tolist() == pytest.approx([0.25, 0.2])
+    tracked = Tchebycheff(ideal=None)
+    tracked.weights(torch.tensor([0.4, 0.7]), torch.tensor([0.5, 0.5]))
+    tracked.reset(2)  # a new run forgets the old running minimum
+    assert tracked.state_dict() == {"running_min": None}
+
+
+def test_smooth_tchebycheff_weights_by_hand_and_its_temperature_check():
+    # gaps r (l - 0) = (0.2, 0.1); mu = 0.1: softmax (2, 1) = (e, 1) / (e + 1), times r
+    w = SmoothTchebycheff(mu=0.1).weights(torch.tensor([0.4, 0.2]), torch.tensor([0.5, 0.5]))
+    e = np.e
+    assert w.tolist() == pytest.approx([0.5 * e / (e + 1), 0.5 / (e + 1)])
+    assert SmoothTchebycheff().mu == 0.1 and SmoothTchebycheff().ideal == 0.0
+    for mu in (0.0, -0.1):
+        with pytest.raises(ValueError, match=f"mu must be > 0, got {mu}"):
+            SmoothTchebycheff(mu=mu)
+
+
+def test_torchjd_weightings_use_the_preference_only_when_asked():
+    from torchjd import aggregation
+
+    gram = torch.tensor([[2.0, -0.5, 0.1], [-0.5, 1.0, 0.2], [0.1, 0.2, 3.0]], dtype=torch.float64)
+    pref = torch.tensor([0.6, 0.3, 0.1], dtype=torch.float64)
+    for name, weighting in (("upgrad", "UPGradWeighting"), ("dualproj", "DualProjWeighting")):
+        with_pref = build_solver(name).weights(torch.ones(3), pref, gram)
+        torch.testing.assert_close(with_pref, getattr(aggregation, weighting)(pref_vector=pref)(gram))
+        without = build_solver(name, use_preference=False).weights(torch.ones(3), pref, gram)
+        torch.testing.assert_close(without, getattr(aggregation, weighting)()(gram))
+        assert not torch.allclose(with_pref, without)
+    assert build_solver("upgrad").use_preference is True
+
+
+def test_linear_scalarization_weights_are_the_preference_in_the_losses_dtype():
+    w = LinearScalarization().weights(torch.ones(2, dtype=torch.float64), torch.tensor([0.3, 0.7]))
+    assert w.dtype == torch.float64 and w.tolist() == pytest.approx([0.3, 0.7])
