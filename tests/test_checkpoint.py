@@ -87,6 +87,10 @@ def _run(problem, model_problem=None, solver="ls", **kwargs):
 
 
 def _assert_identical(a, b):
+    """a and b end with the same parameters, and a trained: a run that changed nothing would resume trivially."""
+    torch.manual_seed(0)  # as `_run`: the initial RouterMerge
+    initial = RouterMerge(a.model.merging_problem).trainable_state()
+    assert any(not torch.equal(x, initial[name]) for name, x in a.model.trainable_state().items()), "nothing trained"
     for (name, x), y in zip(a.model.trainable_state().items(), b.model.trainable_state().values(), strict=True):
         assert torch.equal(x, y), f"{name} differs"
 

@@ -207,6 +207,8 @@ def test_gram_path_gives_the_ls_update(problem, rank):
     gram = solve(problem, "pwe_moe", _GramLS(), **kwargs)
     for a, b in zip(plain.model.trainable_parameters(), gram.model.trainable_parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    initial = solve(problem, "pwe_moe", "ls", **{**kwargs, "steps": 0}).model.trainable_parameters()
+    assert any(not torch.allclose(a, b) for a, b in zip(plain.model.trainable_parameters(), initial, strict=True))
 
 
 # measured: LS 0.811, EPO 0.756, task arithmetic 0.744 (EPO trades HV for staying on the preference rays)
@@ -299,6 +301,9 @@ def test_saved_run_holds_only_the_routers_and_reloads_to_the_same_front(problem,
     assert set(load_file(tmp_path / "run" / "model.safetensors")) == set(result.model.trainable_state())
     loaded = ParetoSetResult.load(tmp_path / "run", problem=problem)
     np.testing.assert_array_equal(loaded.front(n=5).objectives, result.front(n=5).objectives)
+    initial = solve(problem, "pwe_moe", "ls", steps=0, progress=False, model_kwargs={"upscale": UPSCALE_ALL})
+    trained, fresh = loaded.model.trainable_state(), initial.model.trainable_state()
+    assert any(not torch.equal(trained[name], fresh[name]) for name in fresh)  # the saved routers, not new ones
 
 
 def test_gram_path_runs_each_task_backward_once(problem):
@@ -350,6 +355,10 @@ def test_pwe_moe_trains_with_mgda_along_the_min_norm_common_descent_direction(pr
         # two tasks: the min-norm point of the segment [g_1, g_2] in closed form
         w1 = np.clip((gram[1, 1] - gram[0, 1]) / (gram[0, 0] + gram[1, 1] - 2 * gram[0, 1]), 0.0, 1.0)
         np.testing.assert_allclose(w, [w1, 1 - w1], atol=1e-6)
+    # common descent: at fixed preferences the training loss of every task fell from the untrained routers'
+    untrained = solve(problem, "pwe_moe", "mgda", **{**kwargs, "steps": 0})
+    before, after = untrained.front(n=3).metrics["loss"], result.front(n=3).metrics["loss"]
+    assert (after.mean(0) < before.mean(0)).all(), (before, after)
     # MGDA ignores r: its weights are not the sampled preferences that LS would use
     assert np.abs(result.history["weight"] - result.history["pref"]).max() > 0.1
 
