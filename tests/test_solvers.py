@@ -453,3 +453,22 @@ def test_torchjd_weightings_use_the_preference_only_when_asked():
 def test_linear_scalarization_weights_are_the_preference_in_the_losses_dtype():
     w = LinearScalarization().weights(torch.ones(2, dtype=torch.float64), torch.tensor([0.3, 0.7]))
     assert w.dtype == torch.float64 and w.tolist() == pytest.approx([0.3, 0.7])
+
+
+def test_the_affine_min_norm_point_of_affinely_dependent_support_points():
+    """g_3 = (g_1 + g_2) / 2: the KKT system is singular (np.linalg.solve refuses it) and lstsq answers instead."""
+    from mooframe.solvers.mgda import _affine_min_norm
+
+    grads = np.array([[1.0, 0.0], [0.0, 1.0], [0.5, 0.5]])
+    coefficients = _affine_min_norm(grads @ grads.T, [0, 1, 2])
+    assert coefficients.sum() == pytest.approx(1.0)
+    np.testing.assert_allclose(coefficients @ grads, [0.5, 0.5], atol=1e-12)  # the line's min-norm point
+    np.testing.assert_allclose(coefficients, [1 / 3] * 3, atol=1e-12)  # lstsq's minimum-norm coefficients
+
+
+@pytest.mark.parametrize(
+    "name, label", [("epo", "EPO"), ("mgda", "MGDA"), ("upgrad", "UPGrad"), ("dualproj", "DualProj")]
+)
+def test_gram_errors_name_the_solver(name, label):
+    with pytest.raises(ValueError, match=f"^{label} got a Gram matrix of shape"):
+        build_solver(name).weights(torch.ones(2), torch.tensor([0.5, 0.5]), torch.eye(3))
