@@ -150,7 +150,8 @@ def test_one_point_as_a_vector_and_empty_inputs():
     empty = hypervolume(np.zeros((0, 2)), [1.0, 1.0])
     assert (empty.value, empty.method, empty.std_error) == (0.0, "exact", 0.0)
     assert float(hypervolume([[0.0, 0.0]], [2.0, 3.0])) == 6.0
-    assert non_dominated(np.zeros((0, 3))).tolist() == []
+    assert non_dominated(np.zeros((0, 3))).tolist() == [] and non_dominated(np.zeros((0, 3))).dtype == bool
+    assert non_dominated([[1.0, 2.0]]).tolist() == [True]  # one point: non-dominated
     with pytest.raises(ValueError, match="at least one point and one true front point"):
         igd(np.zeros((0, 2)), [[0.0, 1.0]])
     with pytest.raises(ValueError, match="at least one point and one true front point"):
