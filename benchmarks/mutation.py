@@ -47,6 +47,9 @@ GROUPS: dict[str, tuple[list[str], list[str]]] = {
 }
 
 #: mutant name -> why no test can tell it from the original (the same behaviour for every input)
+_INTEGER_REF = (
+    "the reference point's array keeps the caller's dtype: an integer one compares and is converted by moocore alike"
+)
 _NO_OBJECTIVES = "changes only the T = 0 branch, where both versions raise (no solver is ever reset with T = 0)"
 _RENORMALIZED = (
     "the affine coefficients are divided by their sum at the end, which undoes any scaling of the KKT system"
@@ -55,6 +58,12 @@ EQUIVALENT: dict[str, str] = {
     "mooframe.preferences.x_check_preference__mutmut_19": (
         "'> 1e-6' -> '>= 1e-6' on |sum - 1|: near 1 that difference is a multiple of 2^-53, and the float 1e-6 is "
         "not (1e-6 / 2^-53 = 9007199254.74), so the two comparisons never differ"
+    ),
+    "mooframe.indicators.x_hypervolume__mutmut_8": _INTEGER_REF,
+    "mooframe.indicators.x_hypervolume__mutmut_10": _INTEGER_REF,
+    "mooframe.indicators.x_hypervolume__mutmut_38": (
+        "points on the reference box's boundary kept ('<' -> '<='): they dominate a set of zero volume, so the "
+        "value is the same, exact (an all-boundary set gives moocore's exact 0 instead of the early 0)"
     ),
     "mooframe.solvers.mgda.x_min_norm_weights__mutmut_5": _NO_OBJECTIVES,
     "mooframe.solvers.mgda.x_min_norm_weights__mutmut_9": _NO_OBJECTIVES,

@@ -156,3 +156,25 @@ def test_one_point_as_a_vector_and_empty_inputs():
         igd(np.zeros((0, 2)), [[0.0, 1.0]])
     with pytest.raises(ValueError, match="at least one point and one true front point"):
         gd([[0.0, 1.0]], np.zeros((0, 2)))
+
+
+def test_the_defaults_one_second_eight_repeats_seed_zero():
+    import moocore
+
+    points = sphere_points(120, 8, seed=6)  # estimated exact cost 1.50 s: above the default budget of 1 s
+    assert 1.0 < estimated_exact_seconds(120, 8) < 2.0
+    assert hypervolume(points, np.full(8, 1.1), n_samples=2**8).method == "approximate"
+    # the estimate is the mean of 8 moocore runs drawn from default_rng(0), its error their standard error
+    small, ref = sphere_points(20, 5, seed=7), np.full(5, 1.1)
+    rng = np.random.default_rng(0)
+    runs = [moocore.hv_approx(small, ref=ref, nsamples=2**10, seed=rng, method="DZ2019-MC") for _ in range(8)]
+    result = hypervolume(small, ref, method="approximate", n_samples=2**10)
+    assert result.value == pytest.approx(np.mean(runs), rel=1e-12)
+    assert result.std_error == pytest.approx(np.std(runs, ddof=1) / np.sqrt(8), rel=1e-9)
+
+
+def test_distance_indicator_errors_name_the_true_front():
+    with pytest.raises(ValueError, match="^true front points contain NaN or inf"):
+        igd([[0.0, 1.0]], [[np.nan, 1.0]])
+    with pytest.raises(ValueError, match="^distance indicators need at least one point and one true front point$"):
+        igd_plus(np.zeros((0, 2)), [[0.0, 1.0]])
