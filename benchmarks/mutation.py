@@ -80,7 +80,7 @@ EQUIVALENT: dict[str, str] = {
     "mooframe.solvers.mgda.x_min_norm_weights__mutmut_51": (
         "'affine > floor' -> '>= floor': differs only when a coefficient equals 1e-15 to the last bit"
     ),
-    "mooframe.solvers.mgda.x__affine_min_norm__mutmut_31": "lstsq's rcond=None dropped: None is its default (numpy >= 2)",
+    "mooframe.solvers.mgda.x__affine_min_norm__mutmut_31": "lstsq's rcond=None dropped: its default (numpy >= 2)",
     "mooframe.solvers.mgda.x__affine_min_norm__mutmut_7": (
         "a zero column added to the KKT matrix: np.linalg.solve refuses the non-square system and lstsq's "
         "minimum-norm solution of [K 0] x = b is (K^-1 b, 0), the same coefficients"
