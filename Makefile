@@ -18,7 +18,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
-# The fast tier for local iteration (about a minute idle): everything but the tests marked slow.
+# The fast tier for local iteration: everything but the tests marked slow (each over a few seconds).
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
 
