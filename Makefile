@@ -4,7 +4,7 @@ PYTHON ?= python3
 PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed
 
-.PHONY: demo test lint clean
+.PHONY: demo test test-fast mutation lint clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,17 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m mypy
 	$(PY) -m pytest -q
+
+# The fast tier for local iteration: everything but the tests marked slow (each over a few seconds).
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
+
+# Mutation testing of the core modules against the fast tests that cover them (docs/mutation.md); not in CI.
+# MODULES: a subset, e.g. make mutation MODULES="solvers indicators"; JOBS: parallel mutant runs.
+MODULES ?= all
+JOBS    ?= 2
+mutation: $(STAMP)
+	$(PY) benchmarks/mutation.py --jobs $(JOBS) $(MODULES)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check mooframe tests benchmarks

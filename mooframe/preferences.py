@@ -29,7 +29,7 @@ def check_preference(pref: PreferenceLike, n_objectives: int) -> torch.Tensor:
         raise ValueError(f"preference {values.tolist()} has a negative entry; entries must be >= 0")
     total = float(values.sum())
     if abs(total - 1.0) > _SUM_TOLERANCE:
-        raise ValueError(f"preference {values.tolist()} sums to {total:.6g}, not 1")
+        raise ValueError(f"preference {values.tolist()} sums to {total:.10g}, not 1")
     return values.to(torch.get_default_dtype())
 
 

@@ -92,6 +92,11 @@ def _run(problem, model_problem=None, solver="ls", **kwargs):
 
 
 def _assert_identical(a, b):
+    """a and b end with the same parameters, and a trained: a run that changed nothing would resume trivially."""
+    if isinstance(a.model, RouterMerge):
+        torch.manual_seed(0)  # as `_run`: the initial RouterMerge
+        initial = RouterMerge(a.model.merging_problem).trainable_state()
+        assert any(not torch.equal(x, initial[k]) for k, x in a.model.trainable_state().items()), "nothing trained"
     for (name, x), y in zip(a.model.trainable_state().items(), b.model.trainable_state().values(), strict=True):
         assert torch.equal(x, y), f"{name} differs"
 
@@ -183,6 +188,8 @@ def test_a_checkpoint_write_that_fails_midway_leaves_the_previous_checkpoint_who
     monkeypatch.undo()
     resumed = solve("zdt1", steps=8, resume=tmp_path, **options)
     _assert_identical(resumed, solve("zdt1", steps=8, **options))
+    initial = solve("zdt1", steps=0, **options).model.parameters()
+    assert any(not torch.equal(a, b) for a, b in zip(resumed.model.parameters(), initial, strict=True))
 
 
 class _Crash(Exception):
@@ -306,3 +313,84 @@ class _ZeroGradientInStep(_Disrupted):
         losses = self.inner.losses(solution, batch)
         self.calls += 1
         return self.disrupt(losses) if (self.calls - 1) // self.per_step == self.at_step else losses
+
+
+class _NoisyRouterMerge(RouterMerge):
+    """RouterMerge with torch randomness in the forward (noise on the coefficients, as dropout would add)."""
+
+    def forward(self, pref):
+        solution = super().forward(pref)
+        noise = 0.05 * torch.randn(len(solution.params))
+        return type(solution)(
+            solution.module, {k: v + n for (k, v), n in zip(solution.params.items(), noise, strict=True)}
+        )
+
+
+def test_resume_restores_the_torch_random_state_used_in_the_forward(tiny_merging_problem, tmp_path):
+    def run(problem, **kwargs):
+        torch.manual_seed(0)
+        return solve(problem, _NoisyRouterMerge(tiny_merging_problem), "ls", steps=STEPS, seed=2, progress=False,
+                     **kwargs)  # fmt: skip
+
+    uninterrupted = run(tiny_merging_problem)
+    different_noise = run(tiny_merging_problem)
+    _assert_identical(uninterrupted, different_noise)  # the run seeds torch itself: reproducible ...
+    with pytest.raises(RuntimeError):
+        run(_Disrupted(tiny_merging_problem, 7, _crash), checkpoint_dir=tmp_path, checkpoint_every=3)
+    assert [p.name for p in checkpoint_folders(tmp_path)] == ["step-00000006"]
+    torch.manual_seed(123)  # ... and a resumed run must not depend on the global state it starts from
+    resumed = solve(tiny_merging_problem, _NoisyRouterMerge(tiny_merging_problem), "ls", steps=STEPS, seed=2,
+                    progress=False, resume=tmp_path)  # fmt: skip
+    _assert_identical(resumed, uninterrupted)
+    assert (resumed.history["loss"] == uninterrupted.history["loss"]).all()
+
+
+def test_skipped_steps_are_counted_across_a_resume(tiny_merging_problem, tmp_path):
+    def nan_then_crash(at_crash):
+        problem = _Disrupted(tiny_merging_problem, 2, _NanGradient.apply)
+        inner_losses = problem.losses
+
+        def losses(solution, batch):
+            if problem.calls == at_crash:
+                raise RuntimeError("process killed")
+            return inner_losses(solution, batch)
+
+        problem.losses = losses
+        return problem
+
+    uninterrupted = _run(nan_then_crash(at_crash=-1), tiny_merging_problem, on_nonfinite="skip")
+    assert uninterrupted.settings["skipped_steps"] == 1
+    with pytest.raises(RuntimeError):
+        _run(nan_then_crash(at_crash=9), tiny_merging_problem, on_nonfinite="skip", checkpoint_dir=tmp_path,
+             checkpoint_every=4)  # fmt: skip
+    assert [p.name for p in checkpoint_folders(tmp_path)] == ["step-00000008"]
+    resumed = _run(tiny_merging_problem, on_nonfinite="skip", resume=tmp_path)
+    assert resumed.settings["skipped_steps"] == 1  # the skip at step 2 happened before the checkpoint
+    _assert_identical(resumed, uninterrupted)
+    assert torch.isnan(torch.as_tensor(resumed.history["weight"][2])).all()
+    assert torch.isfinite(torch.as_tensor(resumed.history["weight"][3:])).all()
+
+
+def test_the_last_step_is_checkpointed_when_steps_is_not_a_multiple_of_the_interval(
+    tiny_merging_problem, tmp_path, monkeypatch
+):
+    saved, save = [], mooframe.checkpoint.TrainingState.save
+    monkeypatch.setattr(
+        mooframe.checkpoint.TrainingState, "save", lambda self, d: saved.append(self.step) or save(self, d)
+    )
+    finished = _run(tiny_merging_problem, checkpoint_dir=tmp_path, checkpoint_every=5)
+    assert saved == [5, 10, 12]  # every 5 steps, then the final partial interval of 2
+    assert [p.name for p in checkpoint_folders(tmp_path)] == ["step-00000012"]
+    # resuming the finished run trains nothing more and gives the same model and history
+    resumed = _run(tiny_merging_problem, resume=tmp_path)
+    assert saved == [5, 10, 12]
+    _assert_identical(resumed, finished)
+    for key, values in finished.history.items():
+        assert (resumed.history[key] == values).all(), key
+    # a crash in the last partial interval resumes from step 10 to the same end
+    other = tmp_path / "other"
+    with pytest.raises(RuntimeError):
+        _run(_Disrupted(tiny_merging_problem, 11, _crash), tiny_merging_problem, checkpoint_dir=other,
+             checkpoint_every=5)  # fmt: skip
+    assert [p.name for p in checkpoint_folders(other)] == ["step-00000010"]
+    _assert_identical(_run(tiny_merging_problem, resume=other), finished)

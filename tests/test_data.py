@@ -182,6 +182,7 @@ def _reference_accuracy(problem, solution, task):
     return hits / len(data)
 
 
+@pytest.mark.slow
 def test_k_at_a_time_evaluation_equals_one_at_a_time_exactly_and_decodes_once(decoded_problem):
     result = solve(decoded_problem, model="task_arithmetic", solver="ls", steps=0, progress=False)
     prefs = np.array([[1.0, 0.0], [0.7, 0.3], [0.5, 0.5], [0.2, 0.8], [0.0, 1.0]])

@@ -85,6 +85,7 @@ def test_ray_deviation_is_zero_on_the_rays_and_ignores_the_vertices():
     assert ray_deviation(off) == pytest.approx(np.sum(l_hat * np.log(2 * l_hat)) / 2)
 
 
+@pytest.mark.slow
 def test_expert_front_puts_expert_t_at_e_t(two_tasks):
     problem, runs = two_tasks
     front = expert_front(problem)
@@ -93,6 +94,7 @@ def test_expert_front_puts_expert_t_at_e_t(two_tasks):
     np.testing.assert_allclose(front.objectives, 1 - front.metrics["accuracy"])
 
 
+@pytest.mark.slow
 def test_demo_writes_the_report_and_plots_with_the_fronts_of_an_in_process_run(digits_cache, tmp_path):
     methods = {"LS": METHODS["PWE-MoE (LS)"]}
     report_path = run_demo(tmp_path, steps=2, progress=False, methods=methods, workers=2)
@@ -118,6 +120,7 @@ def test_demo_command_passes_its_options(monkeypatch, tmp_path, capsys):
     assert f"report written to {tmp_path}" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_demo_baselines_are_single_points_of_the_papers_merges(digits_cache):
     from mooframe.demo import run_method
     from mooframe.merging import weight_average

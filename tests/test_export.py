@@ -148,7 +148,7 @@ def test_plain_torch_export_is_the_state_dict_in_safetensors(tmp_path, tiny_merg
 
 
 def test_open_clip_export_loads_with_open_clip_load_checkpoint(tmp_path):
-    open_clip = pytest.importorskip("open_clip")
+    import open_clip  # a required dependency (open_clip_torch): a broken install must fail here, not skip
 
     def tiny_open_clip() -> nn.Module:
         torch.manual_seed(0)
@@ -221,3 +221,43 @@ def test_cli_export_by_preference_and_by_rule(tmp_path, capsys):
     assert _card_pref(out) == dict(zip(["f1", "f2"], chosen.pref.tolist(), strict=True))
     assert main(["export", str(run), "--select", "min f1 subject to f2 <= -1", "--out", str(tmp_path / "y")]) == 2
     assert "no evaluated preference meets" in capsys.readouterr().err and not (tmp_path / "y").exists()
+
+
+def test_export_edge_cases_tensor_non_finite_unknown_type_and_foreign_keys(tmp_path):
+    from mooframe.export import as_module, export_solution
+    from mooframe.pareto_set import FunctionalModel
+
+    point = torch.tensor([0.25, -1.5, 3.0])
+    written = export_solution(point, tmp_path / "tensor", {"note": "x"})
+    assert torch.equal(load_file(str(written / mooframe.export.SAFETENSORS_FILE))["solution"], point)
+    card = json.loads((written / mooframe.export.CARD_FILE).read_text())
+    assert card["family"] == "tensor" and card["note"] == "x" and "format" in card
+    for bad in (torch.tensor([1.0, float("nan")]), nn.Linear(2, 2).requires_grad_(False).weight.fill_(float("inf"))):
+        with pytest.raises(ValueError, match="non-finite parameters.*refusing to export it"):
+            export_solution(bad, tmp_path / "bad", {})
+    assert not (tmp_path / "bad").exists()  # nothing written, not even an empty folder
+    module = nn.Linear(2, 1)
+    with torch.no_grad():
+        module.bias.fill_(float("nan"))
+    with pytest.raises(ValueError, match=r"non-finite parameters \['bias'\]"):
+        export_solution(module, tmp_path / "bad", {})
+    with pytest.raises(ValueError, match="cannot export a solution of type str; export needs an nn.Module"):
+        export_solution("weights", tmp_path / "bad", {})
+    foreign = FunctionalModel(nn.Linear(2, 1), {"weight": torch.zeros(1, 2), "other.weight": torch.zeros(1)})
+    with pytest.raises(ValueError, match=r"parameters \['other.weight'\] are not in its module"):
+        as_module(foreign)
+    # a FunctionalModel becomes a copy of its module holding its parameters; the module itself is left alone
+    base = nn.Linear(2, 1)
+    merged = as_module(FunctionalModel(base, {"weight": torch.ones(1, 2)}))
+    assert torch.equal(merged.weight, torch.ones(1, 2)) and not torch.equal(base.weight, torch.ones(1, 2))
+    assert torch.equal(merged.bias, base.bias)
+
+
+def test_tied_weights_are_written_as_separate_tensors(tmp_path):
+    from mooframe.export import export_solution
+
+    tied = nn.Sequential(nn.Linear(3, 3, bias=False), nn.Linear(3, 3, bias=False))
+    tied[1].weight = tied[0].weight  # shared storage: safetensors refuses it unless copied apart
+    written = export_solution(tied, tmp_path / "tied", {})
+    state = load_file(str(written / mooframe.export.SAFETENSORS_FILE))
+    assert set(state) == {"0.weight", "1.weight"} and torch.equal(state["0.weight"], state["1.weight"])

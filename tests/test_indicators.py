@@ -43,6 +43,7 @@ def test_points_beyond_the_reference_add_nothing():
     assert hypervolume([[1.5, 1.5]], [1.0, 1.0]).value == 0.0
 
 
+@pytest.mark.slow
 def test_approximation_is_within_one_percent_and_its_error_estimate_in_8_objectives():
     points, ref = sphere_points(100, 8), np.full(8, 1.1)
     exact = hypervolume(points, ref, method="exact").value
@@ -52,6 +53,7 @@ def test_approximation_is_within_one_percent_and_its_error_estimate_in_8_objecti
     assert abs(approx.value - exact) <= 5 * approx.std_error
 
 
+@pytest.mark.slow
 def test_auto_chooses_the_approximation_for_8_objectives_and_500_points():
     assert estimated_exact_seconds(500, 8) > 100 and estimated_exact_seconds(10_000, 3) == 0.0
     result = hypervolume(sphere_points(500, 8), np.full(8, 1.1))
@@ -93,3 +95,86 @@ def test_bad_method_and_mismatched_fronts_are_rejected():
         hypervolume([[0.5, 0.5]], [1.0, 1.0], method="fast")
     with pytest.raises(ValueError, match="have 2 objectives, expected 3"):
         igd([[0.5, 0.5]], sphere_points(10, 3))
+
+
+def test_the_approximations_standard_error_is_calibrated_over_seeds():
+    """Over 40 seeds the error of the estimate, in units of its reported standard error, spreads like a t-variable
+    with n_repeats - 1 = 7 degrees of freedom (sd 1.18): an error bar too small or too large by 2x fails."""
+    points, ref = sphere_points(30, 5, seed=4), np.full(5, 1.1)
+    exact = hypervolume(points, ref, method="exact").value
+    runs = [hypervolume(points, ref, method="approximate", n_samples=2**10, seed=seed) for seed in range(40)]
+    z = np.array([(r.value - exact) / r.std_error for r in runs])
+    assert all(r.method == "approximate" and r.std_error > 0 for r in runs)
+    assert 0.7 < z.std() < 1.8 and abs(z.mean()) < 0.6  # unbiased, and the error bar has the right size
+    values, errors = np.array([r.value for r in runs]), np.array([r.std_error for r in runs])
+    assert 0.6 < values.std() / errors.mean() < 1.6  # the seed-to-seed spread is what one run's error bar says
+    # more samples, smaller error: the standard error falls as 1/sqrt(n_samples)
+    finer = hypervolume(points, ref, method="approximate", n_samples=2**14, seed=0).std_error
+    assert 2.0 < errors.mean() / finer < 8.0  # sqrt(16) = 4
+
+
+def test_auto_switches_to_the_approximation_exactly_above_max_exact_seconds():
+    points, ref = sphere_points(60, 5, seed=5), np.full(5, 1.1)
+    dominated = points + 0.01  # dominated points are dropped before the cost is estimated
+    cost = estimated_exact_seconds(60, 5)
+    both = np.vstack([points, dominated])
+    assert hypervolume(both, ref, max_exact_seconds=cost).method == "exact"  # at the bound: exact
+    assert hypervolume(both, ref, max_exact_seconds=cost * 1.001).method == "exact"
+    assert hypervolume(both, ref, max_exact_seconds=cost * 0.999).method == "approximate"
+    # up to three objectives and for a single point the exact algorithm is always cheap enough
+    assert hypervolume(sphere_points(500, 3), np.full(3, 1.1), max_exact_seconds=0.0).method == "exact"
+    assert hypervolume(points[:1], ref, max_exact_seconds=0.0).method == "exact"
+    assert hypervolume(points, ref, method="exact", max_exact_seconds=0.0).method == "exact"
+    assert hypervolume(points[:3], ref, method="approximate", max_exact_seconds=1e9).method == "approximate"
+
+
+def test_estimated_exact_seconds_follows_the_documented_fits():
+    # 4 objectives: 6e-10 n^2; m >= 5: log t = -6.35 - 2.01 m + (1.01 m - 3.31) log n (the fit in indicators.py)
+    assert estimated_exact_seconds(1000, 4) == pytest.approx(6e-4)
+    assert estimated_exact_seconds(100, 6) == pytest.approx(np.exp(-6.35 - 12.06 + 2.75 * np.log(100)))
+    assert estimated_exact_seconds(200, 8) == pytest.approx(np.exp(-6.35 - 16.08 + 4.77 * np.log(200)))
+    assert estimated_exact_seconds(1, 8) == 0.0 and estimated_exact_seconds(2, 8) > 0.0
+    assert estimated_exact_seconds(10**6, 3) == 0.0 and estimated_exact_seconds(2, 4) > 0.0
+
+
+def test_sample_and_repeat_counts_are_checked_from_both_sides():
+    points, ref = [[0.5, 0.5, 0.5, 0.5]], [1.0] * 4
+    assert hypervolume(points, ref, method="approximate", n_samples=1, n_repeats=2).method == "approximate"
+    for kwargs in ({"n_samples": 0}, {"n_repeats": 1}):
+        with pytest.raises(ValueError, match="need n_samples >= 1 and n_repeats >= 2"):
+            hypervolume(points, ref, method="approximate", **kwargs)
+
+
+def test_one_point_as_a_vector_and_empty_inputs():
+    assert hypervolume([0.5, 0.25], [1.0, 1.0]).value == pytest.approx(0.375)  # one point given as a 1-D vector
+    empty = hypervolume(np.zeros((0, 2)), [1.0, 1.0])
+    assert (empty.value, empty.method, empty.std_error) == (0.0, "exact", 0.0)
+    assert float(hypervolume([[0.0, 0.0]], [2.0, 3.0])) == 6.0
+    assert non_dominated(np.zeros((0, 3))).tolist() == [] and non_dominated(np.zeros((0, 3))).dtype == bool
+    assert non_dominated([[1.0, 2.0]]).tolist() == [True]  # one point: non-dominated
+    with pytest.raises(ValueError, match="at least one point and one true front point"):
+        igd(np.zeros((0, 2)), [[0.0, 1.0]])
+    with pytest.raises(ValueError, match="at least one point and one true front point"):
+        gd([[0.0, 1.0]], np.zeros((0, 2)))
+
+
+def test_the_defaults_one_second_eight_repeats_seed_zero():
+    import moocore
+
+    points = sphere_points(120, 8, seed=6)  # estimated exact cost 1.50 s: above the default budget of 1 s
+    assert 1.0 < estimated_exact_seconds(120, 8) < 2.0
+    assert hypervolume(points, np.full(8, 1.1), n_samples=2**8).method == "approximate"
+    # the estimate is the mean of 8 moocore runs drawn from default_rng(0), its error their standard error
+    small, ref = sphere_points(20, 5, seed=7), np.full(5, 1.1)
+    rng = np.random.default_rng(0)
+    runs = [moocore.hv_approx(small, ref=ref, nsamples=2**10, seed=rng, method="DZ2019-MC") for _ in range(8)]
+    result = hypervolume(small, ref, method="approximate", n_samples=2**10)
+    assert result.value == pytest.approx(np.mean(runs), rel=1e-12)
+    assert result.std_error == pytest.approx(np.std(runs, ddof=1) / np.sqrt(8), rel=1e-9)
+
+
+def test_distance_indicator_errors_name_the_true_front():
+    with pytest.raises(ValueError, match="^true front points contain NaN or inf"):
+        igd([[0.0, 1.0]], [[np.nan, 1.0]])
+    with pytest.raises(ValueError, match="^distance indicators need at least one point and one true front point$"):
+        igd_plus(np.zeros((0, 2)), [[0.0, 1.0]])

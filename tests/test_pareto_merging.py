@@ -188,6 +188,9 @@ def test_trained_front_beats_its_base_merge_and_round_trips(tiny_merging_problem
     front = result.front(n=11).metrics["loss"]
     for t in range(2):
         assert front[10 * (1 - t), t] < base[t] - 0.05
+    # and the set trades off: task a is better at e_1 than at e_2 and task b the other way round (one model for
+    # every preference, improving both tasks over the base merge, passed the bounds above)
+    assert front[10, 0] < front[0, 0] - 1e-3 and front[0, 1] < front[10, 1] - 1e-3
     reference = np.maximum(front.max(0), base) + 0.1
     assert hypervolume(front, reference).value > hypervolume(base[None], reference).value
     loaded = ParetoSetResult.load(result.save(tmp_path / "run"), problem=problem)

@@ -1,4 +1,5 @@
 import csv
+import dataclasses
 import json
 
 import numpy as np
@@ -6,7 +7,7 @@ import pytest
 
 from mooframe.cli import main
 from mooframe.front import Front
-from mooframe.indicators import hypervolume, igd
+from mooframe.indicators import HypervolumeResult
 from mooframe.preferences import uniform_grid
 from mooframe.report import (
     ERROR_NOTE,
@@ -18,6 +19,23 @@ from mooframe.report import (
 )
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def staircase_area(points, ref) -> float:
+    """2-D hypervolume by a sweep over the points sorted by f1, written here independently of mooframe."""
+    area, best_f2 = 0.0, ref[1]
+    for f1, f2 in sorted(map(tuple, np.asarray(points, dtype=float))):
+        if f1 < ref[0] and f2 < best_f2:
+            area += (ref[0] - f1) * (best_f2 - f2)
+            best_f2 = f2
+    return area
+
+
+def mean_distance_to_nearest(queries, points, plus: bool = False) -> float:
+    """IGD (plus=False) or IGD+ (d+(z, a) = ||max(a - z, 0)||) of `points` against the reference `queries`."""
+    diff = np.asarray(points)[None, :, :] - np.asarray(queries)[:, None, :]
+    diff = np.maximum(diff, 0.0) if plus else diff
+    return float(np.sqrt((diff**2).sum(-1)).min(1).mean())
 
 
 def two_objective_front(points, metrics=None) -> Front:
@@ -51,8 +69,11 @@ def test_true_front_gives_igd_and_the_hv_ratio_and_accuracy_marks_errors():
     comparison = compare_fronts({"m": front}, true_front=truth, ref=[2.0, 2.0])
     (m,) = comparison.methods
     assert comparison.ref_rule == "given"
-    assert m.igd == pytest.approx(igd(points, truth))
-    assert m.hypervolume_ratio == pytest.approx(hypervolume(points, [2, 2]).value / hypervolume(truth, [2, 2]).value)
+    assert m.igd == pytest.approx(mean_distance_to_nearest(truth, points), rel=1e-12)
+    assert m.igd_plus == pytest.approx(mean_distance_to_nearest(truth, points, plus=True), rel=1e-12)
+    # (2 - 0.1)(2 - 0.95) + (2 - 0.6)(0.95 - 0.5) = 2.625, over the true staircase's area
+    assert m.hypervolume.value == pytest.approx(2.625)
+    assert m.hypervolume_ratio == pytest.approx(2.625 / staircase_area(truth, [2.0, 2.0]))
     assert ERROR_NOTE in comparison.notes and ERROR_NOTE in comparison.markdown()
     header, rows = comparison.preference_rows()
     assert header[-2:] == ["accuracy f1", "accuracy f2"] and rows[0][-2:] == ["0.9", "0.05"]
@@ -120,7 +141,7 @@ def test_evaluate_command_writes_the_report_of_two_runs(tmp_path, capsys):
     objectives = np.array([[float(row["f1"]), float(row["f2"])] for row in rows])
     assert len(rows) == 5  # 0, 0.25, ..., 1: the grid holds the equal preference
     hv = report["methods"][1]["hypervolume"]
-    assert hv["method"] == "exact" and hv["value"] == pytest.approx(hypervolume(objectives, [1.5, 8.0]).value)
+    assert hv["method"] == "exact" and hv["value"] == pytest.approx(staircase_area(objectives, [1.5, 8.0]))
     assert "Reference point (1.5, 8)" in (out / "report.md").read_text()
     assert (out / "fronts.png").read_bytes()[:8] == PNG_MAGIC
 
@@ -156,3 +177,60 @@ def test_merging_problem_fronts_are_reported_as_errors(tiny_merging_problem):
     at_equal = comparison.methods[0].at_preferences["equal"]
     np.testing.assert_allclose(at_equal["objectives"], 1 - at_equal["accuracy"])
     assert "accuracy a" in comparison.text()
+
+
+def test_report_files_hold_the_comparisons_values(tmp_path):
+    objectives = {"good": [[0.0, 1.0], [0.5, 0.5], [1.0, 0.0]], "worse": [[0.2, 1.0], [0.5, 0.6], [0.5, 0.6]]}
+    fronts = {
+        label: two_objective_front(points, {"accuracy": 1 - np.asarray(points)}) for label, points in objectives.items()
+    }
+    comparison = compare_fronts(fronts, extras={"good": {"params": np.int64(264)}})
+    written = write_report(comparison, fronts, tmp_path / "r")
+    assert all(path.is_file() for path in written)
+
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert report["objective_names"] == ["f1", "f2"] and report["ref_point"] == pytest.approx([1.1, 1.1])
+    assert report["ref_rule"] == "nadir of all fronts + 10% of their range, the same for every method"
+    assert report["notes"] == [ERROR_NOTE]
+    assert report["key_preferences"] == {"e1": [1.0, 0.0], "e2": [0.0, 1.0], "equal": [0.5, 0.5]}
+    good, worse = report["methods"]
+    assert good["hypervolume"] == {"value": pytest.approx(0.46), "method": "exact", "std_error": 0.0}
+    assert worse["hypervolume"]["value"] == pytest.approx(0.33)
+    assert (good["n_points"], good["n_non_dominated"], worse["n_non_dominated"]) == (3, 3, 2)
+    assert good["hypervolume_ratio"] is None and good["igd"] is None and good["igd_plus"] is None
+    assert good["at_preferences"]["e2"] == {"objectives": [1.0, 0.0], "accuracy": [0.0, 1.0]}
+    assert worse["at_preferences"]["equal"] == {"objectives": [0.5, 0.6], "accuracy": [0.5, pytest.approx(0.4)]}
+    assert good["extras"] == {"params": 264} and worse["extras"] == {}
+
+    markdown = (tmp_path / "r" / "report.md").read_text().splitlines()
+    assert markdown[0] == f"# Pareto front comparison: {ERROR_NOTE}"
+    assert "- Reference point (1.1, 1.1): nadir of all fronts + 10% of their range, the same for every method." in (
+        markdown
+    )
+    assert "| method | HV | non-dom. | params |" in markdown
+    assert "| good | 0.46 | 3/3 | 264 |" in markdown and "| worse | 0.33 | 2/3 | - |" in markdown
+    assert "| method | preference | f1 | f2 | accuracy f1 | accuracy f2 |" in markdown
+    assert "| good | e1 | 0 | 1 | 1 | 0 |" in markdown and "| worse | equal | 0.5 | 0.6 | 0.5 | 0.4 |" in markdown
+
+    with open(tmp_path / "r" / "worse" / "front.csv", newline="") as handle:
+        rows = list(csv.reader(handle))
+    assert rows[0] == ["pref_f1", "pref_f2", "f1", "f2", "accuracy_f1", "accuracy_f2"]
+    assert rows[1:] == [["1", "0", "0.2", "1", "0.8", "0"], ["0.5", "0.5", "0.5", "0.6", "0.5", "0.4"],
+                        ["0", "1", "0.5", "0.6", "0.5", "0.4"]]  # fmt: skip
+
+
+def test_the_tables_mark_an_approximate_hypervolume_and_the_true_front_columns():
+    truth = np.stack([np.linspace(0, 1, 5), 1 - np.linspace(0, 1, 5)], axis=1)
+    comparison = compare_fronts({"m": two_objective_front([[0.0, 1.0], [1.0, 0.0]])}, true_front=truth)
+    header, rows = comparison.summary_rows()
+    assert header == ["method", "HV", "HV / true", "IGD", "IGD+", "non-dom."]
+    assert rows[0][0] == "m" and rows[0][-1] == "2/2"
+    assert comparison.ref_rule.startswith("nadir of all fronts and the true front + 10%")
+    assert any(note.startswith("IGD, IGD+ and HV / true are against 5 points") for note in comparison.notes)
+    approximate = HypervolumeResult(0.5, "approximate", 0.012)
+    comparison.methods[0] = dataclasses.replace(comparison.methods[0], hypervolume=approximate)
+    assert comparison.summary_rows()[1][0][1] == "0.5 ± 0.01"
+    missing = two_objective_front([[0.0, 1.0], [0.4, 0.4], [1.0, 0.0]])
+    missing.prefs[1] = [0.6, 0.4]  # not evaluated at the equal preference: its cells read "-"
+    _, rows = compare_fronts({"m": missing}).preference_rows()
+    assert rows[2] == ["m", "equal", "-", "-"]

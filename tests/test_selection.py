@@ -9,7 +9,7 @@ import torch
 from mooframe import ParetoSetModel, ParetoSetResult, Problem, solve
 from mooframe.cli import main
 from mooframe.front import Front
-from mooframe.selection import NoFeasiblePoint, local_refinement, select
+from mooframe.selection import Constraint, NoFeasiblePoint, Rule, concat_fronts, local_refinement, parse_rule, select
 from mooframe.solvers.ls import LinearScalarization
 
 
@@ -129,3 +129,78 @@ def test_cli_select_prints_the_choice_and_reports_unmeetable_rules(tmp_path, cap
     assert "rule: min f1" in out and out.count("runner-up") == 2
     assert main(["select", str(run), "min f1 subject to f2 <= -1", "--n", "5"]) == 2
     assert "no evaluated preference meets f2 <= -1" in capsys.readouterr().err
+
+
+def test_rules_print_back_as_written_and_read_keywords_in_any_case():
+    rule = parse_rule("IDEAL 0.05,0.1  SUBJECT TO a <= 0.5 AND accuracy[b] >= 0.8")
+    assert rule == Rule("ideal", point=(0.05, 0.1), constraints=(Constraint("a", "<=", 0.5),
+                                                                 Constraint("accuracy[b]", ">=", 0.8)))  # fmt: skip
+    assert str(rule) == "ideal 0.05,0.1 subject to a <= 0.5 and accuracy[b] >= 0.8"
+    assert str(parse_rule("Knee")) == "knee" and str(parse_rule("min  loss[a]")) == "min loss[a]"
+
+
+def test_min_and_max_rank_every_feasible_point(front):
+    np.testing.assert_array_equal(select(front, "min a").ranking, [0, 1, 2, 4, 3])  # errors 0.05 < 0.1 < ...
+    np.testing.assert_array_equal(select(front, "max a").ranking, [3, 4, 2, 1, 0])
+    np.testing.assert_array_equal(select(front, "max loss[a]").ranking, [3, 4, 2, 1, 0])
+    # loss[b] ties at 0.5 between points 2 and 4: the smaller total error (2: 0.29, 4: 0.36) ranks first
+    np.testing.assert_array_equal(select(front, "min loss[b]").ranking, [3, 2, 4, 1, 0])
+    np.testing.assert_array_equal(select(front, "min b subject to b <= 0.14").ranking, [3, 2])  # the bound is met
+
+
+def test_the_closest_points_weigh_each_violation_by_its_quantitys_range(front):
+    # violations of accuracy[a] >= 0.97 over its range 0.35 plus those of loss[b] <= 0.3 over 1.1:
+    # 1.148, 0.473, 0.525, 1.148, 0.668 (unscaled sums would put point 2 first)
+    with pytest.raises(NoFeasiblePoint) as error:
+        select(front, "knee subject to accuracy[a] >= 0.97 and loss[b] <= 0.3")
+    np.testing.assert_array_equal(error.value.closest, [1, 2, 4])
+    assert "accuracy[a] >= 0.97 and loss[b] <= 0.3 (5 points evaluated)" in str(error.value)
+
+
+def test_the_summary_names_the_rule_the_feasible_count_and_the_runners_up(front):
+    selection = select(front, "max accuracy[a] subject to accuracy[b] >= 0.8")
+    lines = selection.summary(k=2).splitlines()
+    assert lines[0] == "rule: max accuracy[a] subject to accuracy[b] >= 0.8  (4 of 5 evaluated points feasible)"
+    assert lines[1].split() == ["pref", "a", "b", "accuracy[a]", "accuracy[b]", "loss[a]", "loss[b]"]
+    assert lines[3].split() == ["chosen", "0.75,0.25", "0.1", "0.2", "0.9", "0.8", "0.3", "0.6"]
+    assert [line.split()[0] for line in lines[4:]] == ["runner-up", "runner-up"]
+    np.testing.assert_array_equal(selection.runners_up(k=2), [2, 4])
+    assert selection.objectives.tolist() == pytest.approx([0.1, 0.2])
+
+
+@pytest.mark.parametrize(
+    "rule, message",
+    [
+        ("", "must start with one of pref, min, max, knee, ideal"),
+        ("min a b", "'min' takes one quantity"),
+        ("knee 0.5", "'knee' takes no argument"),
+        ("pref", "'pref' takes the preference and no constraint"),
+        ("pref 0.5,0.5 subject to a <= 0.2", "'pref' takes the preference and no constraint"),
+        ("min a subject to b <= 0.1 and", "must read 'QUANTITY >= NUMBER'"),
+    ],
+)
+def test_more_bad_rules_say_what_to_write(front, rule, message):
+    with pytest.raises(ValueError, match=message.replace("[", r"\[")):
+        select(front, rule)
+
+
+def test_a_front_without_metrics_names_the_fix_and_refinement_needs_two_points():
+    bare = Front(prefs=np.array([[1.0, 0.0]]), objectives=np.array([[0.1, 0.9]]), objective_names=["a", "b"])
+    with pytest.raises(ValueError, match=r"metrics of this front: none \(use a task name for its objective\)"):
+        select(bare, "max accuracy[a]")
+    with pytest.raises(ValueError, match="at least two evaluated preferences"):
+        local_refinement(bare, 0, 2)
+    with pytest.raises(ValueError, match="k >= 2 subdivisions, got 1"):
+        local_refinement(bare, 0, 1)
+
+
+def test_joined_fronts_keep_both_fronts_points_in_order(front):
+    joined = concat_fronts(front, select(front, "knee").front)
+    assert len(joined.prefs) == 10 and joined.objective_names == ["a", "b"]
+    np.testing.assert_array_equal(joined.metrics["loss"][5:], front.metrics["loss"])
+    np.testing.assert_array_equal(joined.objectives[:5], front.objectives)
+    other = Front(prefs=front.prefs, objectives=front.objectives, objective_names=["a", "c"])
+    with pytest.raises(ValueError, match="fronts of different tasks or metrics cannot be joined"):
+        concat_fronts(front, other)
+    with pytest.raises(ValueError, match="fronts of different tasks or metrics cannot be joined"):
+        concat_fronts(front, Front(prefs=front.prefs, objectives=front.objectives, objective_names=["a", "b"]))
