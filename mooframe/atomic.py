@@ -132,7 +132,8 @@ def check_output(path: str | Path, kind: Kind, inputs: Iterable[str | Path] = ()
 
 
 def _check_replaceable(path: Path, kind: Kind, replace: bool) -> None:
-    staged_marker = re.compile(rf"\.{re.escape(kind.marker)}\.[0-9a-f]{{8}}\.partial")  # a killed claim's
+    # a killed claim's: the marker's staging file and the lock its writer held
+    staged_marker = re.compile(rf"\.{re.escape(kind.marker)}\.(?:[0-9a-f]{{8}}\.partial|lock)")
     entries = sorted(
         p.name + ("/" if p.is_dir() else "") for p in path.iterdir() if not staged_marker.fullmatch(p.name)
     )

@@ -65,6 +65,7 @@ SLOW = {
     "docs/pareto-merging.md",
     "docs/checkpoints.md",
     "docs/indicators.md",
+    "docs/transformers.md",
 }  # over a few seconds (under load)
 DIGITS = {"docs/digits.md", "docs/pareto-merging.md", "docs/reproduction-pareto-merging.md"}  # the digits problem
 HUB = {"docs/adapters.md", "docs/reproduction.md"}  # read CLIP and its data from the Hugging Face cache

@@ -7,6 +7,7 @@ import json
 import math
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -403,7 +404,9 @@ def test_a_kill_while_an_old_checkpoint_is_removed_or_the_directory_marked_leave
         _checkpointing_run(marked, 1)
 
     _wait(_fork(die_marking_the_directory))
-    assert [p.name[:18] for p in marked.iterdir()] == [".checkpoints.json."]  # the marker's staging file only
+    left = sorted(p.name for p in marked.iterdir())  # the marker's staging file and the lock its writer held
+    assert len(left) == 2 and re.fullmatch(r"\.checkpoints\.json\.[0-9a-f]{8}\.partial", left[0])
+    assert left[1] == ".checkpoints.json.lock"
     _checkpointing_run(marked, 1)  # not refused as a foreign folder
     assert sorted(p.name for p in marked.iterdir()) == ["checkpoints.json", "step-00000001"]
 

@@ -28,20 +28,23 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import (
-    AutoModel,
-    AutoModelForCausalLM,
-    AutoModelForImageClassification,
-    AutoModelForSequenceClassification,
-    AutoTokenizer,
-    PreTrainedModel,
-    PreTrainedTokenizerBase,
-)
 
 from mooframe.adapters import Backbone
 from mooframe.adapters.hub import from_pretrained_offline
 from mooframe.adapters.peft import load_lora_experts
 from mooframe.merging.store import LowRankExpert
+from mooframe.optional import requires
+
+with requires("text"):
+    from transformers import (
+        AutoModel,
+        AutoModelForCausalLM,
+        AutoModelForImageClassification,
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        PreTrainedModel,
+        PreTrainedTokenizerBase,
+    )
 
 KINDS: dict[str, Any] = {
     "causal_lm": AutoModelForCausalLM,

@@ -20,15 +20,18 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-from tokenizers import Tokenizer, models, pre_tokenizers
 from tqdm.auto import tqdm
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from mooframe.adapters import hf_auto
 from mooframe.atomic import file_sha256
+from mooframe.optional import requires
 from mooframe.problems.digits import default_cache_dir, torch_threads
 from mooframe.problems.lm import LanguageModelling, answer_token_scores, answer_window, prompt_answer_tokens
 from mooframe.problems.text_classification import TokenizedDataset
+
+with requires("text"):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 logger = logging.getLogger(__name__)
 
