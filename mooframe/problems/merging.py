@@ -155,26 +155,12 @@ class MergingProblem(Problem):
         features = solution(**inputs) if isinstance(inputs, Mapping) else solution(inputs)
         return self.heads[task](features)
 
-    def _logits_per_task(self, solution: Callable[..., torch.Tensor], inputs: list[Any]) -> list[torch.Tensor]:
-        """Each task's logits for its inputs. When the tasks' inputs stack (tensors, or dicts of tensors, of equal
-        shapes past the batch dimension) the backbone runs once on all of them: the frozen backbone is in eval mode,
-        so each example's features are its own, and a step costs one forward and backward through it, not T."""
-        if not _stackable(inputs):
-            return [self.logits(solution, task, x) for task, x in enumerate(inputs)]
-        sizes = [len(next(iter(x.values())) if isinstance(x, Mapping) else x) for x in inputs]
-        if isinstance(inputs[0], Mapping):
-            stacked = {key: torch.cat([to_device(x[key], self.device) for x in inputs]) for key in inputs[0]}
-            features = solution(**stacked)
-        else:
-            features = solution(torch.cat([to_device(x, self.device) for x in inputs]))
-        return [head(part) for head, part in zip(self.heads, torch.split(features, sizes), strict=True)]
-
     def _losses(self, solution: Callable[..., torch.Tensor], batch: list[tuple[Any, torch.Tensor]]) -> torch.Tensor:
         if self.objective == "weight_distance":
             return expert_distances(solution_parameters(solution), self.expert_states)
         values = []
-        for task, logits in enumerate(self._logits_per_task(solution, [inputs for inputs, _ in batch])):
-            labels = batch[task][1]
+        for task, (inputs, labels) in enumerate(batch):
+            logits = self.logits(solution, task, inputs)
             if self.objective == "cross_entropy":
                 values.append(F.cross_entropy(logits, labels.to(self.device)))
             else:
@@ -255,20 +241,6 @@ def expert_distances(
     return torch.stack(
         [sum(((params[name] - value) ** 2).sum() for name, value in state.items()) for state in expert_states]
     )
-
-
-def _stackable(inputs: list[Any]) -> bool:
-    """Whether the inputs are tensors, or dicts of tensors with the same keys, of one dtype and shape past dim 0."""
-
-    def signature(x: Any) -> Any:
-        if isinstance(x, torch.Tensor):
-            return (x.dtype, x.shape[1:])
-        if isinstance(x, Mapping) and all(isinstance(v, torch.Tensor) for v in x.values()):
-            return tuple((key, v.dtype, v.shape[1:]) for key, v in sorted(x.items()))
-        return None
-
-    first = signature(inputs[0])
-    return len(inputs) > 1 and first is not None and all(signature(x) == first for x in inputs[1:])
 
 
 def _frozen(module: nn.Module) -> nn.Module:
