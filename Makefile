@@ -9,10 +9,7 @@ STAMP   = $(VENV)/.installed
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q --no-compile -c constraints.txt -e ".[all,dev]"
-	@# pip compiles the bytecode one file at a time; this uses every core (a file of another Python's syntax that
-	@# fails to compile only lacks its .pyc, as under pip)
-	$(PY) -c "import compileall, sysconfig; compileall.compile_dir(sysconfig.get_path('purelib'), quiet=2, workers=0)"
+	$(PY) -m pip install -q -c constraints.txt -e ".[all,dev]"
 	touch $(STAMP)
 
 demo: $(STAMP)
