@@ -224,7 +224,7 @@ def test_cli_export_by_preference_and_by_rule(tmp_path, capsys):
 
 
 def test_export_edge_cases_tensor_non_finite_unknown_type_and_foreign_keys(tmp_path):
-    from mooframe.export import as_module, export_solution
+    from mooframe.export import export_solution
     from mooframe.pareto_set import FunctionalModel
 
     point = torch.tensor([0.25, -1.5, 3.0])
@@ -245,12 +245,14 @@ def test_export_edge_cases_tensor_non_finite_unknown_type_and_foreign_keys(tmp_p
         export_solution("weights", tmp_path / "bad", {})
     foreign = FunctionalModel(nn.Linear(2, 1), {"weight": torch.zeros(1, 2), "other.weight": torch.zeros(1)})
     with pytest.raises(ValueError, match=r"parameters \['other.weight'\] are not in its module"):
-        as_module(foreign)
-    # a FunctionalModel becomes a copy of its module holding its parameters; the module itself is left alone
+        export_solution(foreign, tmp_path / "foreign", {})
+    assert not (tmp_path / "foreign").exists()
+    # a FunctionalModel is written as a copy of its module holding its parameters; the module itself is left alone
     base = nn.Linear(2, 1)
-    merged = as_module(FunctionalModel(base, {"weight": torch.ones(1, 2)}))
-    assert torch.equal(merged.weight, torch.ones(1, 2)) and not torch.equal(base.weight, torch.ones(1, 2))
-    assert torch.equal(merged.bias, base.bias)
+    written = export_solution(FunctionalModel(base, {"weight": torch.ones(1, 2)}), tmp_path / "merged", {})
+    merged = load_file(str(written / mooframe.export.SAFETENSORS_FILE))
+    assert torch.equal(merged["weight"], torch.ones(1, 2)) and not torch.equal(base.weight, torch.ones(1, 2))
+    assert torch.equal(merged["bias"], base.bias.detach())
 
 
 def test_tied_weights_are_written_as_separate_tensors(tmp_path):
