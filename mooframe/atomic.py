@@ -58,7 +58,8 @@ REPORT = Kind("report", "report.json", 1, "a report")
 DEMO = Kind("demo", "demo.json", 1, "a demo report")
 REPRODUCTION = Kind("reproduction", "reproduction.json", 1, "a reproduction folder")
 DECODED = Kind("decoded", "meta.json", 1, "a decoded-image cache entry")  # mooframe.data's decoded cache
-KINDS = (RUN, CHECKPOINT, CHECKPOINTS, EXPORT, REPORT, DEMO, REPRODUCTION, DECODED)
+LM_DEFAULT = Kind("lmdigits", "manifest.json", 1, "a language-model default build")  # problems.lm_default's cache
+KINDS = (RUN, CHECKPOINT, CHECKPOINTS, EXPORT, REPORT, DEMO, REPRODUCTION, DECODED, LM_DEFAULT)
 _FORMAT = re.compile(r"mooframe-(?P<name>[a-z]+)/(?P<version>\d+)")
 _LEFTOVER = re.compile(r"\.(?P<name>.+)\.(?:[0-9a-f]{8}\.partial|old|lock)")
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,7 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from mooframe.adapters import hf_auto
-from mooframe.atomic import file_sha256
+from mooframe.atomic import LM_DEFAULT, file_sha256, staged_directory
 from mooframe.optional import requires
 from mooframe.problems.digits import default_cache_dir, torch_threads
 from mooframe.problems.lm import LanguageModelling, answer_token_scores, answer_window, prompt_answer_tokens
@@ -43,8 +42,8 @@ TASKS = {
 DEFAULT_TASKS = ("copy", "reverse", "sort")
 EXPERT_KINDS = ("full", "lora")
 
-#: Everything the cached models depend on; bump FORMAT when the build recipe changes.
-FORMAT = "mooframe-lm-digits/1"
+#: Everything the cached models depend on; bump LM_DEFAULT's version when the build recipe changes.
+FORMAT = LM_DEFAULT.format
 ARCHITECTURE = dict(
     hidden_size=48,
     intermediate_size=96,
@@ -168,19 +167,15 @@ def cache_path(cache_dir: str | os.PathLike | None, seed: int) -> Path:
 
 
 def load_or_build(seed: int, folder: Path, progress: bool = True) -> Path:
-    """`folder`, built first when missing, built by another recipe, or not matching its manifest's checksums."""
+    """`folder`, built first when missing, built by another recipe, or not matching its manifest's checksums; a
+    build is staged beside it and swapped in whole (`mooframe.atomic`), so an interrupted one leaves the old."""
     if _is_current(folder):
         return folder
-    staging = folder.with_name(f".{folder.name}.{os.getpid()}")
-    if staging.exists():
-        shutil.rmtree(staging)  # our own staging folder (this process id) left by an interrupted build
-    with torch_threads(1):
+    with staged_directory(folder, LM_DEFAULT) as staging, torch_threads(1):
         build(seed, staging, progress)
-    files = {str(p.relative_to(staging)): file_sha256(p) for p in sorted(staging.rglob("*")) if p.is_file()}
-    (staging / "manifest.json").write_text(json.dumps({**_expected_manifest(), "sha256": files}, indent=2))
-    if folder.exists():  # a stale or corrupt build of ours (`_is_current` read its manifest)
-        shutil.rmtree(folder)
-    os.replace(staging, folder)
+        files = {str(p.relative_to(staging)): file_sha256(p) for p in sorted(staging.rglob("*")) if p.is_file()}
+        manifest = {**_expected_manifest(), "sha256": files}
+        (staging / LM_DEFAULT.marker).write_text(json.dumps(manifest, indent=2))
     return folder
 
 
@@ -189,7 +184,7 @@ def _expected_manifest() -> dict:
 
 
 def _is_current(folder: Path) -> bool:
-    manifest_path = folder / "manifest.json"
+    manifest_path = folder / LM_DEFAULT.marker
     if not manifest_path.is_file():
         if folder.exists():
             raise FileExistsError(f"{folder} exists but holds no lm_digits manifest; move it or pass another cache_dir")
