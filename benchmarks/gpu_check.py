@@ -7,7 +7,11 @@
         datasets' image sizes (approximate: SIZES), CLIP-preprocessed to 224 px;
     (3) run: 200 steps of PWE-MoE (LS) on T = 2 JPEG training sets through the DataLoader workers, then the
         11-preference front on JPEG test sets (decode once, 11 merged models per pass; again under bfloat16
-        autocast), with wall times and images/s.
+        autocast), with wall times and images/s;
+    (4) lm: PWE-MoE (LS) on the language-model default (`lm_digits`, copy and reverse, full and LoRA experts, built
+        in a temporary cache) with the frozen parts in bfloat16 and in float32: every training loss finite, the
+        routers moved from their initialization and the training loss fallen, and the 11-preference fronts'
+        accuracies side by side.
 
 Writes gpu_check.json and gpu_check.md to --out and exits non-zero only when a part fails (the others still
 run and are written). `--device cpu --quick` runs every part at toy sizes in seconds (a check of the script,
@@ -40,6 +44,7 @@ from mooframe.adapters.hf_clip import UPSCALE_PRESETS, HFCLIPVisionBackbone
 from mooframe.data import TrainingBatches, available_cores, default_workers
 from mooframe.preferences import uniform_grid
 from mooframe.problems.image_classification import ImageDataset, clip_transform
+from mooframe.problems.lm_default import DigitStringTasks
 from mooframe.problems.merging import MergingProblem
 from mooframe.registry import build_model, build_solver
 
@@ -63,6 +68,8 @@ STEP_CASES = [  # (label, tasks, model, solver)
     ("PWE-MoE (LS)", 8, "pwe_moe", "ls"),
     ("PWE-MoE (EPO)", 8, "pwe_moe", "epo"),
 ]
+
+PARTS = ["step", "pipeline", "run", "lm"]
 
 
 def image_size(quick: bool) -> int:
@@ -176,6 +183,49 @@ def run_figures(root: Path, device: str, quick: bool) -> dict[str, Any]:
     return figures
 
 
+def lm_figures(root: Path, device: str, quick: bool) -> list[dict[str, Any]]:
+    """PWE-MoE on `lm_digits` (2 tasks) per expert kind and precision of the frozen parts; raises when bfloat16
+    gives a non-finite loss or leaves the routers untrained."""
+    steps, rows = 10 if quick else 200, []
+    for experts in ("full", "lora"):
+        for precision in ("bfloat16", "float32"):
+            row = _lm_row(root, device, experts, precision, steps)
+            rows.append(row)
+            print(f"lm {experts} {precision}: {json.dumps(row)}", flush=True)
+            trained = row["finite"] and row["router_change"] > 0 and row["last_loss"] < row["first_loss"]
+            if precision == "bfloat16" and not trained:
+                raise RuntimeError(f"bfloat16 frozen parts, {experts} experts: {row}")
+            _free(device)
+    return rows
+
+
+def _lm_row(root: Path, device: str, experts: str, precision: str, steps: int) -> dict[str, Any]:
+    problem = DigitStringTasks(["copy", "reverse"], experts, batch_size=16, cache_dir=str(root / "lm"), progress=False)
+    problem.set_precision(precision)
+    torch.manual_seed(0)
+    model = build_model("pwe_moe", problem, upscale="attention_mlp").to(device)
+    initial = [p.detach().clone() for p in model.trainable_parameters()]
+    _sync(device)
+    start = time.perf_counter()
+    result = solve(problem, model, "ls", steps=steps, lr=3e-2, alpha=0.2, device=device, progress=False)
+    _sync(device)
+    seconds = time.perf_counter() - start
+    losses, tenth = result.history["loss"], max(1, steps // 10)
+    trained = zip(model.trainable_parameters(), initial, strict=True)
+    front = result.front(uniform_grid(2, 11), device=device)
+    return {
+        "experts": experts,
+        "precision": precision,
+        "steps": steps,
+        "train_seconds": seconds,
+        "finite": bool(np.isfinite(losses).all()),
+        "router_change": max(float((p.detach() - p0).abs().max()) for p, p0 in trained),
+        "first_loss": float(losses[:tenth].mean()),
+        "last_loss": float(losses[-tenth:].mean()),
+        "mean_accuracy": float(front.metrics["accuracy"].mean()),
+    }
+
+
 def markdown(report: dict[str, Any]) -> str:
     lines = [f"# mooframe GPU check: {report['device_name']}", "", f"torch {report['torch']}, {report['cores']} cores"]
     if report.get("step"):
@@ -200,6 +250,16 @@ def markdown(report: dict[str, Any]) -> str:
     if report.get("run"):
         lines += ["", "| real-size run | value |", "|---|---|"]
         lines += [f"| {k} | {v:.4g} |" for k, v in report["run"].items()]
+    if report.get("lm"):
+        header = (
+            "| lm_digits experts | frozen parts | steps | train s | finite | router change | loss, first / last tenth"
+        )
+        lines += ["", f"{header} | mean accuracy |", "|---|---|---|---|---|---|---|---|"]
+        for r in report["lm"]:
+            cells = [r["experts"], r["precision"], r["steps"], f"{r['train_seconds']:.1f}", r["finite"],
+                     f"{r['router_change']:.3g}", f"{r['first_loss']:.3f} / {r['last_loss']:.3f}",
+                     f"{r['mean_accuracy']:.3f}"]  # fmt: skip
+            lines.append("| " + " | ".join(map(str, cells)) + " |")
     for part, error in report["failures"].items():
         lines += ["", f"**{part} failed**: `{error}`"]
     return "\n".join(lines) + "\n"
@@ -211,7 +271,7 @@ def main() -> int:
     parser.add_argument("--out", default="runs/gpu_check")
     parser.add_argument("--quick", action="store_true", help="toy sizes: checks the script in seconds")
     parser.add_argument("--workers", type=int, help="N for the pipeline (default: mooframe's default)")
-    parser.add_argument("--parts", nargs="+", choices=["step", "pipeline", "run"], default=["step", "pipeline", "run"])
+    parser.add_argument("--parts", nargs="+", choices=PARTS, default=PARTS)
     args = parser.parse_args()
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print("gpu_check: no CUDA device here; pass --device cpu (with --quick to check the script)", file=sys.stderr)
@@ -227,6 +287,7 @@ def main() -> int:
             "step": lambda: step_figures(args.device, args.quick),
             "pipeline": lambda: pipeline_figures(root, args.workers, args.quick),
             "run": lambda: run_figures(root, args.device, args.quick),
+            "lm": lambda: lm_figures(root, args.device, args.quick),
         }
         for part in args.parts:
             start = time.perf_counter()
