@@ -374,7 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=count,
         default=None,
         help="training steps per trained method, per dimension of the preference simplex (T - 1); "
-        "default 1000 (digits), 300 (lm)",
+        "default 1000 (digits), 400 (lm)",
     )
     demo.add_argument("--seed", type=count, default=0)
     demo.add_argument("--workers", type=positive_int, help="processes running the methods (default: one per CPU core)")

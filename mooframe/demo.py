@@ -17,7 +17,7 @@ import os
 import resource
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -54,8 +54,14 @@ METHODS: dict[str, tuple[str, str, dict[str, Any], dict[str, Any]]] = {
     "Pareto Merging (STCH)": ("pareto_merging", "smooth_tchebycheff", {"rank": 4}, {}),
     "Pareto Merging base merge": ("pareto_merging", "ls", {"rank": 0}, {"steps": 0}),
 }
-#: The language-model family's methods: Fisher merging's per-example Fisher is written for one label per example.
-LM_METHODS = {label: spec for label, spec in METHODS.items() if label != "Fisher merging"}
+#: The language-model family's methods: Fisher merging's per-example Fisher is written for one label per example;
+#: PWE-MoE also routes the embeddings (tied to the output head), which the full experts fine-tune as much as a block
+#: (merged once by task arithmetic, PWE-MoE (LS) falls short of task arithmetic's HV on three tasks).
+LM_METHODS = {
+    label: (model, solver, {**kwargs, "upscale": "attention_mlp_embeddings"} if model == "pwe_moe" else kwargs, run)
+    for label, (model, solver, kwargs, run) in METHODS.items()
+    if label != "Fisher merging"
+}
 TASK_COUNTS = {"two_tasks": 2, "three_tasks": 3}
 
 
@@ -64,18 +70,37 @@ def digits_problem(n_tasks: int, seed: int, progress: bool) -> MergingProblem:
 
 
 def lm_problem(n_tasks: int, seed: int, progress: bool) -> MergingProblem:
-    return DigitStringTasks(tasks=LM_TASKS[:n_tasks], seed=seed, progress=progress)
+    return DigitStringTasks(tasks=LM_TASKS[:n_tasks], seed=seed, batch_size=LM_BATCH_SIZE, progress=progress)
 
 
-#: family -> (problem of its first n tasks, report title, default methods, default steps per simplex dimension).
-FAMILIES = {
-    "digits": (digits_problem, "multi-task digits", METHODS, 1000),
-    "lm": (lm_problem, "digit-string language-model tasks (copy, reverse, sort)", LM_METHODS, 300),
-}
 #: Dirichlet concentration of the training preferences. Below the paper's alpha = 1 more preferences are drawn
 #: near the simplex's vertices, where PWE-MoE (LS) on the digits tasks otherwise falls short of the experts' gain at
 #: e_t (figures in docs/benchmarks.md, the demo's section).
 ALPHA = 0.2
+#: The language-model family's batch per task (the paper's 16) and Dirichlet concentration: with alpha 0.2 or
+#: 0.05 instead of 0.1 PWE-MoE (LS) falls short of task arithmetic's HV on three tasks (docs/benchmarks.md, issue 19).
+LM_BATCH_SIZE, LM_ALPHA = 16, 0.1
+
+
+@dataclass(frozen=True)
+class Family:
+    """A demo problem family: its first-n-tasks problem, report title, methods and training defaults (`steps` per
+    dimension of the preference simplex, Adam's `lr`, the Dirichlet `alpha` of the training preferences)."""
+
+    problem: Callable[[int, int, bool], MergingProblem]
+    title: str
+    methods: Mapping[str, tuple[str, str, dict[str, Any], dict[str, Any]]]
+    steps: int
+    lr: float = 1e-2
+    alpha: float = ALPHA
+
+
+FAMILIES = {
+    "digits": Family(digits_problem, "multi-task digits", METHODS, 1000),
+    "lm": Family(
+        lm_problem, "digit-string language-model tasks (copy, reverse, sort)", LM_METHODS, 400, 3e-2, LM_ALPHA
+    ),
+}
 
 
 @dataclass
@@ -97,10 +122,15 @@ def run_methods(
     seed: int = 0,
     progress: bool = True,
     methods: Mapping[str, tuple[str, str, dict[str, Any], dict[str, Any]]] = METHODS,
+    lr: float = 1e-2,
+    alpha: float = ALPHA,
 ) -> dict[str, MethodRun]:
     """Train and evaluate `methods` and the experts on `problem` (one thread: the model is tiny)."""
     with torch_threads(1):
-        runs = {label: run_method(problem, spec, steps, seed, progress) for label, spec in methods.items()}
+        runs = {
+            label: run_method(problem, spec, steps, seed, progress, lr=lr, alpha=alpha)
+            for label, spec in methods.items()
+        }
         runs["experts"] = _experts(problem)
     return runs
 
@@ -112,8 +142,11 @@ def run_method(
     seed: int = 0,
     progress: bool = True,
     device: str = "cpu",
+    lr: float = 1e-2,
+    alpha: float = ALPHA,
 ) -> MethodRun:
-    """Train one method of `METHODS` form (model, solver, model kwargs, solve kwargs) and evaluate its front."""
+    """Train one method of `METHODS` form (model, solver, model kwargs, solve kwargs) and evaluate its front;
+    `lr` and `alpha` go to solve() unless the method's solve kwargs set them."""
     model, solver, model_kwargs, solve_kwargs = spec
     prefs = evaluation_preferences(problem.n_objectives, 11)
     # the rays before the measurement: pymoo's energy method holds ~0.7 GB for a moment, not the method's memory
@@ -125,11 +158,10 @@ def run_method(
             model=model,
             solver=solver,
             seed=seed,
-            alpha=ALPHA,
             progress=progress,
             device=device,
             model_kwargs=model_kwargs,
-            **{"steps": steps, "lr": 1e-2, **solve_kwargs},
+            **{"steps": steps, "lr": lr, "alpha": alpha, **solve_kwargs},
         )
         trained = time.perf_counter()
         # a single merged model (weight averaging, Fisher, RegMean) is the same at every preference: one point
@@ -199,9 +231,9 @@ def run_demo(
     if family not in FAMILIES:
         raise ValueError(f"unknown demo family {family!r}; pass one of {', '.join(FAMILIES)}")
     out = check_output(out, DEMO)  # before an hour of training, not after
-    build, family_title, family_methods, family_steps = FAMILIES[family]
-    methods = family_methods if methods is None else methods
-    steps = family_steps if steps is None else steps
+    defaults = FAMILIES[family]
+    methods = defaults.methods if methods is None else methods
+    steps = defaults.steps if steps is None else steps
     work = [  # the longest first
         (family, folder, label, n_tasks, seed, spec, steps, device)
         for folder, n_tasks in reversed(TASK_COUNTS.items())
@@ -214,7 +246,7 @@ def run_demo(
     # terminates them
     with multiprocessing.get_context("spawn").Pool(workers, initializer=_started) as pool:
         problems = {  # built (or read from the cache) here, once, before the workers read it
-            folder: build(n, seed, progress) for folder, n in TASK_COUNTS.items()
+            folder: defaults.problem(n, seed, progress) for folder, n in TASK_COUNTS.items()
         }
         done = pool.imap_unordered(_run_job, work)
         for folder, label, run in tqdm(done, total=len(work), desc="demo methods", disable=not progress):
@@ -222,12 +254,13 @@ def run_demo(
         pool.close()  # let the workers exit on their own: a terminated one leaves its semaphores to a warning
         pool.join()
     sections = [
-        f"# mooframe demo: {family_title}",
+        f"# mooframe demo: {defaults.title}",
         f"Trained methods run {steps} steps per dimension of the preference simplex, {steps} on 2 tasks and "
-        f"{2 * steps} on 3 (Dirichlet alpha {ALPHA}, seed {seed}; PWE-MoE's learning rate warms up over "
-        f"{PWEMoE.default_warmup_steps} steps); objectives are test errors 1 - accuracy; ray deviation is the mean "
-        "EPO non-uniformity of the losses at interior preferences, on the training split for trained methods (the "
-        "losses the solvers see) and on the test split.",
+        f"{2 * steps} on 3 (Adam, learning rate {defaults.lr:g} unless the method sets its own, Dirichlet alpha "
+        f"{defaults.alpha}, seed {seed}; PWE-MoE's learning rate warms up over {PWEMoE.default_warmup_steps} steps "
+        "or a tenth of the steps, whichever is fewer); objectives are test errors 1 - accuracy; ray deviation is the "
+        "mean EPO non-uniformity of the losses at interior preferences, on the training split for trained methods "
+        "(the losses the solvers see) and on the test split.",
     ]
     with staged_directory(out, DEMO) as staging:
         for folder, problem in problems.items():
@@ -256,9 +289,10 @@ def _run_job(job: tuple[str, str, str, int, int, tuple, int, str]) -> tuple[str,
     """One method on the family's first n_tasks tasks, `steps` per simplex dimension, in a worker process (its
     trained set is not sent back)."""
     family, folder, label, n_tasks, seed, spec, steps, device = job
-    problem = FAMILIES[family][0](n_tasks, seed, False)
+    defaults = FAMILIES[family]
+    problem = defaults.problem(n_tasks, seed, False)
     with torch_threads(1):
-        run = run_method(problem, spec, steps * (n_tasks - 1), seed, progress=False, device=device)
+        run = run_method(problem, spec, steps * (n_tasks - 1), seed, False, device, defaults.lr, defaults.alpha)
     return folder, label, replace(run, result=None)
 
 

@@ -141,6 +141,17 @@ def test_structure_presets_name_each_block_of_a_real_size_qwen2():
     norms = {f"{b}.{m}" for b in blocks for m in ("input_layernorm", "post_attention_layernorm")}
     # tied output head: its weight is the embedding's, so it is not a module of its own to up-scale
     assert matched("all") == matched("attention_mlp") | norms | {"model.model.embed_tokens", "model.model.norm"}
+    assert matched("attention_mlp_embeddings") == matched("attention_mlp") | {"model.model.embed_tokens"}
+
+
+def test_an_untied_output_head_is_up_scaled_with_the_embeddings():
+    with torch.device("meta"):
+        config = decoder_config("llama", tie_word_embeddings=False)
+        backbone = hf_auto.CausalLMBackbone(AutoModelForCausalLM.from_config(config))
+    presets = hf_auto.structure_presets(backbone)
+    outside = {n for n, _ in backbone.named_modules() if n and not n.startswith("model.model.layers")}
+    matched = {n for n in outside if any(re.fullmatch(p, n) for p in presets["attention_mlp_embeddings"])}
+    assert matched == {"model.model.embed_tokens", "model.lm_head"}  # not the final norm
 
 
 def test_bert_presets_take_intermediate_and_output_as_the_mlp(tmp_path):

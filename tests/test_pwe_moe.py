@@ -140,6 +140,21 @@ def test_pwe_moe_at_initialization_is_task_arithmetic_in_every_module(problem):
     assert sorted(model.module_names) == ["layers.0.mlp", "layers.1.mlp"]
 
 
+def test_dead_routers_are_those_constant_on_the_simplex(problem):
+    model = PWEMoE(problem, upscale="mlp")
+    dead, alive = model.routers
+    with torch.no_grad():
+        dead[0].weight.copy_(-torch.rand_like(dead[0].weight))  # every hidden unit off at each vertex ...
+        alive[0].weight.copy_(-torch.rand_like(alive[0].weight))
+        alive[0].weight[0, 1] = 0.5  # ... but one unit on near e_2
+    assert model.dead_routers() == [model.module_names[0]]
+    prefs = torch.tensor([[1.0, 0.0], [0.3, 0.7], [0.0, 1.0]])
+    outputs = torch.stack([model.coefficients(r)[model.module_names[0]] for r in prefs])
+    assert torch.equal(outputs, outputs[:1].expand(3, -1))  # the dead one is constant in r
+    varied = torch.stack([model.coefficients(r)[model.module_names[1]] for r in prefs])
+    assert not torch.equal(varied[0], varied[2])
+
+
 def test_router_gradients_agree_with_finite_differences():
     problem = conflicting_problem()  # its own: .double() converts the backbone the model shares with the problem
     model = PWEMoE(problem, upscale=UPSCALE_ALL).double()

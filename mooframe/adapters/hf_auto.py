@@ -53,7 +53,7 @@ KINDS: dict[str, Any] = {
 }
 #: Feature poolings a classifier's head may read, tried in this order (`split_classifier`).
 POOLINGS = ("last_token", "pooler", "first_token", "sequence")
-PRESET_NAMES = ("mlp", "attention_mlp", "all")
+PRESET_NAMES = ("mlp", "attention_mlp", "attention_mlp_embeddings", "all")
 
 
 class CausalLMBackbone(Backbone):
@@ -233,9 +233,11 @@ def probe_inputs(model: PreTrainedModel, batch: int = 2, length: int = 6) -> dic
 def structure_presets(backbone: nn.Module) -> dict[str, list[str]]:
     """The up-scaling presets of `backbone`, from its structure: regular expressions matched in full.
 
-    "mlp": each block's MLP children; "attention_mlp": its attention children too; "all": every child of each
-    block with parameters (norms too) and every module with parameters outside the blocks (embeddings, final
-    norm, an untied output head). A block stack is an `nn.ModuleList` of modules of one class with a child named
+    "mlp": each block's MLP children; "attention_mlp": its attention children too; "attention_mlp_embeddings":
+    those and the modules with parameters outside the blocks that are not norms (embeddings, an untied output
+    head: what a full fine-tune changes besides the blocks); "all": every child of each block with parameters
+    (norms too) and every module with parameters outside the blocks (embeddings, final norm, an untied output
+    head). A block stack is an `nn.ModuleList` of modules of one class with a child named
     like attention (attn, attention).
     """
     stacks = block_stacks(backbone)
@@ -259,9 +261,12 @@ def structure_presets(backbone: nn.Module) -> dict[str, list[str]]:
     outside = sorted(
         {name.rpartition(".")[0] for name, _ in backbone.named_parameters() if not name.startswith(inside)} - {""}
     )
+    blocks = per_block(roles["mlp"] | roles["attention"])
+    not_norms = [name for name in outside if _role(name.rpartition(".")[2], backbone.get_submodule(name)) != "norm"]
     return {
         "mlp": per_block(roles["mlp"]),
-        "attention_mlp": per_block(roles["mlp"] | roles["attention"]),
+        "attention_mlp": blocks,
+        "attention_mlp_embeddings": blocks + [re.escape(name) for name in not_norms],
         "all": per_block(set().union(*roles.values())) + [re.escape(name) for name in outside],
     }
 

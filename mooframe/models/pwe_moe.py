@@ -66,6 +66,18 @@ class PWEMoE(LinearMergingModel):
         pref = pref.to(self.routers[0][0].weight)
         return {name: route(pref) for name, route in zip(self.module_names, self.routers, strict=True)}
 
+    def dead_routers(self) -> list[str]:
+        """The up-scaled modules whose router no longer depends on the preference: every hidden unit is inactive on
+        the whole simplex, W1 e_t + b1 <= 0 at each vertex e_t (so relu(W1 r + b1) = 0 for every r, the
+        pre-activation being affine in r), and the module is merged with the constant b2 at every preference."""
+        vertices = torch.eye(self.n_objectives).to(self.routers[0][0].weight)
+        with torch.no_grad():
+            return [
+                name
+                for name, route in zip(self.module_names, self.routers, strict=True)
+                if bool((route[0](vertices) <= 0).all())
+            ]
+
 
 def router(n_tasks: int, scaling: float) -> nn.Sequential:
     """R(r) = W2 relu(W1 r + b1) + b2 with hidden size 2T, W1, W2 ~ N(0, 0.01), b1 = 0, b2 = lambda."""
