@@ -122,10 +122,13 @@ def test_demo_defaults_beat_task_arithmetic_and_reach_the_experts(lm_cache, n_ta
     hv = {label: float(hypervolume(run.front.objectives, np.full(n_tasks, 1.1))) for label, run in runs.items()}
     assert hv["PWE-MoE (LS)"] > (1.5 if n_tasks == 2 else 1.0) * hv["task arithmetic"]
     base = problem.evaluate(problem.pretrained).metrics["accuracy"]
-    expert = np.diag(own_task_accuracies(problem))
-    front = runs["PWE-MoE (LS)"].front
-    at_unit = np.array([front.metrics["accuracy"][np.argmax(front.prefs[:, t])][t] for t in range(n_tasks)])
-    assert np.all((at_unit - base) >= 0.9 * (expert - base))
+
+    def at_unit(front):
+        return np.array([front.metrics["accuracy"][np.argmax(front.prefs[:, t])][t] for t in range(n_tasks)])
+
+    expert = at_unit(runs["experts"].front)  # expert t at e_t
+    assert np.all(expert >= 0.95)
+    assert np.all((at_unit(runs["PWE-MoE (LS)"].front) - base) >= 0.9 * (expert - base))
 
 
 @pytest.mark.slow  # the module's build: about 15 s of one core
