@@ -18,8 +18,7 @@ $(STAMP): pyproject.toml constraints.txt
 
 $(DEMO_STAMP): pyproject.toml
 	if [ -f $(STAMP) ]; then touch $(DEMO_STAMP); else \
-		$(PYTHON) -m venv $(VENV) && $(PY) -m pip install -q --upgrade pip && \
-		$(PY) -m pip install -q "$(DEMO_TORCH)" -e ".[digits]" && touch $(DEMO_STAMP); fi
+		$(PYTHON) -m venv $(VENV) && $(PY) -m pip install -q "$(DEMO_TORCH)" -e ".[digits]" && touch $(DEMO_STAMP); fi
 
 demo: $(DEMO_STAMP)
 	$(VENV)/bin/mooframe demo
