@@ -320,7 +320,8 @@ HISTORY_KEYS = ("loss", "weight", "pref")
 
 
 def _check_history(tensors: dict[str, torch.Tensor], n_objectives: int, path: Path) -> dict[str, np.ndarray]:
-    """The history as arrays: float64, one row per step and one column per objective (NaN rows: skipped steps)."""
+    """The history as arrays: float64, one row per preference trained (K rows a step with `prefs_per_step` = K) and
+    one column per objective (NaN rows: skipped steps)."""
     unknown = sorted(set(tensors) - set(HISTORY_KEYS))
     if unknown:
         raise ValueError(f"{path}: unexpected tensors {unknown}; a run's history holds {', '.join(HISTORY_KEYS)}")
@@ -329,7 +330,8 @@ def _check_history(tensors: dict[str, torch.Tensor], n_objectives: int, path: Pa
         if tensor.dtype != torch.float64 or tensor.ndim != 2 or tensor.shape[1] != n_objectives or len(rows) > 1:
             raise ValueError(
                 f"{path}: tensor {name!r} has dtype {tensor.dtype} and shape {tuple(tensor.shape)}; expected "
-                f"float64 of shape (steps, {n_objectives}), the same steps for {', '.join(sorted(tensors))}"
+                f"float64 of shape (rows, {n_objectives}) with one row per preference trained, the same rows for "
+                f"{', '.join(sorted(tensors))}"
             )
     return {name: tensor.numpy() for name, tensor in tensors.items()}
 

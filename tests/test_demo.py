@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from mooframe.cli import main
 from mooframe.demo import METHODS, expert_front, ray_deviation, run_demo, run_methods
@@ -134,3 +135,28 @@ def test_demo_baselines_are_single_points_of_the_papers_merges(digits_cache):
     average = problem.evaluate(FunctionalModel(problem.pretrained, weight_average(problem.expert_states)))
     np.testing.assert_allclose(runs["weight averaging"].front.objectives[0], average.objectives)
     assert not np.allclose(runs["RegMean"].front.objectives[0], average.objectives)  # its own merge, not the mean
+
+
+def test_training_front_on_a_sample_scores_the_seeded_examples_of_each_task(tiny_merging_problem):
+    from mooframe import solve
+    from mooframe.demo import training_front
+
+    problem = tiny_merging_problem
+    result = solve(problem, "task_arithmetic", "ls", steps=0, progress=False)
+    prefs = np.array([[0.3, 0.7], [0.8, 0.2]])
+    test_data = problem.test_data
+    everything = training_front(result, prefs)
+    assert training_front(result, prefs, sample=10_000).metrics["accuracy"] == pytest.approx(
+        everything.metrics["accuracy"], abs=0
+    )  # a sample larger than the split is all of it (in another order)
+    sampled = training_front(result, prefs, sample=7)
+    for k, pref in enumerate(prefs):
+        model = result.model_at(pref)
+        for task, data in enumerate(problem.train_data):
+            index = torch.randperm(len(data), generator=torch.Generator().manual_seed(0))[:7]
+            inputs, labels = (tensor[index] for tensor in data.tensors)
+            with torch.no_grad():
+                correct = (problem.heads[task](model(inputs)).argmax(-1) == labels).sum().item()
+            assert sampled.metrics["accuracy"][k, task] == correct / 7
+    assert not np.array_equal(sampled.metrics["loss"], everything.metrics["loss"])
+    assert problem.test_data is test_data  # the test split is back in place

@@ -528,9 +528,9 @@ def test_truncated_or_edited_tensor_files_fail_their_hash_naming_the_file(run, n
         (
             "history.safetensors",
             lambda t: t.update(loss=t["loss"][:, :1].contiguous()),
-            r"expected float64 of shape \(steps, 2\)",
+            r"expected float64 of shape \(rows, 2\)",
         ),
-        ("history.safetensors", lambda t: t.update(loss=t["loss"][:1]), r"the same steps for loss, pref, weight"),
+        ("history.safetensors", lambda t: t.update(loss=t["loss"][:1]), r"the same rows for loss, pref, weight"),
         ("history.safetensors", lambda t: t.update(code=torch.zeros(1)), r"unexpected tensors \['code'\]"),
     ],
 )
