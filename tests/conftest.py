@@ -46,3 +46,32 @@ def digits_cache(tmp_path_factory):
         patch.setenv("MOOFRAME_CACHE", str(cache))
         MultiTaskDigits()
         yield cache
+
+
+#: The digits build recipe with two training steps per stage: the cache's logic and the code that needs some digits
+#: problem run the same on it, in a second of CPU instead of the real build's half a minute.
+_SMALL_RECIPE = {"pretext_steps": 2, "expert_steps": 2}
+
+
+@pytest.fixture(scope="session")
+def _small_digits_build(tmp_path_factory):
+    from mooframe.problems import digits
+
+    cache = tmp_path_factory.mktemp("mooframe-small-cache")
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in _SMALL_RECIPE.items():
+            patch.setitem(digits.RECIPE, key, value)
+        digits.MultiTaskDigits(cache_dir=str(cache), progress=False)
+    return cache
+
+
+@pytest.fixture
+def small_digits_cache(_small_digits_build, monkeypatch):
+    """$MOOFRAME_CACHE at a digits build of two training steps per stage, with that recipe in force for the test:
+    for tests of the cache and of code that needs some digits problem, not well-trained experts (`digits_cache`)."""
+    from mooframe.problems import digits
+
+    for key, value in _SMALL_RECIPE.items():
+        monkeypatch.setitem(digits.RECIPE, key, value)
+    monkeypatch.setenv("MOOFRAME_CACHE", str(_small_digits_build))
+    return _small_digits_build
