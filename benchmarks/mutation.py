@@ -1,6 +1,7 @@
 """Mutation score of the core modules: mutmut, one module group at a time, against the fast tests that cover it.
 
     python benchmarks/mutation.py [--jobs 2] [--workdir DIR] [--out scores.json] [GROUP ...]   (default: all)
+    python benchmarks/mutation.py --rerun --workdir DIR [GROUP ...]   (the survivors again, after new tests)
 
 Each group is run in a scratch copy of the checkout (`--workdir`, default a new temporary directory), so mutmut's
 `mutants/` folder never lands in the working tree. mutmut first runs the selected tests once to learn which tests
@@ -24,6 +25,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
+MERGING_MODELS = ("merging", "pwe_moe", "pareto_merging", "task_arithmetic", "baselines", "sweeps")
 #: group -> (files mutated, fast test files that cover them)
 GROUPS: dict[str, tuple[list[str], list[str]]] = {
     "preferences": (["mooframe/preferences.py"], ["tests/test_preferences.py"]),
@@ -36,8 +38,8 @@ GROUPS: dict[str, tuple[list[str], list[str]]] = {
         ["mooframe/merging/*"],
         ["tests/test_merging.py", "tests/test_lowrank.py", "tests/test_baselines.py"],
     ),
-    "models": (
-        ["mooframe/models/*"],
+    "models": (  # the merging models (not the hypernetwork or one model per ray)
+        [f"mooframe/models/{name}.py" for name in MERGING_MODELS],
         ["tests/test_pwe_moe.py", "tests/test_pareto_merging.py", "tests/test_baselines.py", "tests/test_lowrank.py"],
     ),
     "selection": (["mooframe/selection.py"], ["tests/test_selection.py"]),
@@ -117,9 +119,33 @@ def run_group(group: str, jobs: int, workdir: Path) -> dict[str, str]:
     (copy / "pyproject.toml").write_text(pyproject)
     mutmut = [sys.executable, "-m", "mutmut"]
     subprocess.run([*mutmut, "run", "--max-children", str(jobs)], cwd=copy, check=True, stdout=subprocess.DEVNULL)
-    lines = subprocess.run(
-        [*mutmut, "results", "--all", "true"], cwd=copy, capture_output=True, text=True, check=True
-    ).stdout
+    return _statuses(copy)
+
+
+def rerun(group: str, names: list[str], jobs: int, workdir: Path) -> dict[str, str]:
+    """Re-run the mutants `names` in the group's scratch copy, with the checkout's current tests (the source must
+    be unchanged: mutmut regenerates and re-runs the mutants of any function whose code changed)."""
+    copy = workdir / group
+    listed = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard", "tests", "benchmarks"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    for name in listed:
+        for target in (copy / name, copy / "mutants" / name):
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, target)
+    mutmut = [sys.executable, "-m", "mutmut"]
+    if names:
+        subprocess.run([*mutmut, "run", "--max-children", str(jobs), *names], cwd=copy, check=True)
+    return _statuses(copy)
+
+
+def _statuses(copy: Path) -> dict[str, str]:
+    command = [sys.executable, "-m", "mutmut", "results", "--all", "true"]
+    lines = subprocess.run(command, cwd=copy, capture_output=True, text=True, check=True).stdout
     return dict(re.findall(r"^\s*(\S+): (.+?)\s*$", lines, flags=re.M))
 
 
@@ -149,15 +175,27 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2, help="mutants tested in parallel (default 2)")
     parser.add_argument("--workdir", type=Path, help="where the scratch copies go (default: a temporary directory)")
     parser.add_argument("--out", type=Path, help="also write the statuses and scores as JSON here")
+    parser.add_argument(
+        "--rerun",
+        action="store_true",
+        help="re-run each group's survivors in its existing scratch copy (under --workdir) with the current tests",
+    )
     args = parser.parse_args()
     groups = list(GROUPS) if args.groups == ["all"] else args.groups
     unknown = sorted(set(groups) - set(GROUPS))
     if unknown:
         parser.error(f"unknown groups {unknown}; pass some of {', '.join(GROUPS)} or all")
+    if args.rerun and not args.workdir:
+        parser.error("--rerun needs the --workdir of the first run")
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="mooframe-mutation-"))
     statuses: dict[str, str] = {}
     for group in groups:
-        statuses.update(run_group(group, args.jobs, workdir))
+        if args.rerun:
+            previous = _statuses(workdir / group)
+            survivors = [m for m, s in previous.items() if s not in KILLED and m not in EQUIVALENT]
+            statuses.update(rerun(group, survivors, args.jobs, workdir))
+        else:
+            statuses.update(run_group(group, args.jobs, workdir))
         print(f"{group}: {len(statuses)} mutants so far (scratch copy in {workdir / group})", flush=True)
     table = scores(statuses)
     print(f"{'module':32} {'mutants':>8} {'killed':>7} {'survived':>9} {'equivalent':>11} {'score':>6}")

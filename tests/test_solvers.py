@@ -487,3 +487,22 @@ def test_the_affine_min_norm_point_of_affinely_dependent_support_points():
 def test_gram_errors_name_the_solver(name, label):
     with pytest.raises(ValueError, match=f"^{label} got a Gram matrix of shape"):
         build_solver(name).weights(torch.ones(2), torch.tensor([0.5, 0.5]), torch.eye(3))
+
+
+def test_tchebycheff_defaults_dtypes_and_reset_by_hand():
+    # the default ideal point is 0: gaps r l = (0.8, 0.7) put the weight on objective 1 (with z = 1: (0, 0.5), on 2)
+    losses, pref = torch.tensor([1.0, 3.5]), torch.tensor([0.8, 0.2])
+    assert Tchebycheff().weights(losses, pref).tolist() == pytest.approx([0.8, 0.0])
+    # weights and ideal point come in the losses' dtype, whatever the preference's and the ideal's
+    w = Tchebycheff(ideal=[0.5, 2.5]).weights(losses, pref.double())  # gaps (0.4, 0.2)
+    assert w.dtype == torch.float32 and w.tolist() == pytest.approx([0.8, 0.0])
+    assert Tchebycheff(ideal=[0.5, 0.25]).ideal_point(losses.double()).dtype == torch.float64
+    # a restored running minimum keeps float64 precision (0.1 is not a float32)
+    restored = Tchebycheff(ideal=None)
+    restored.load_state_dict({"running_min": [0.1, 1 / 3]})
+    point = restored.ideal_point(torch.ones(2, dtype=torch.float64))
+    assert point.tolist() == [0.1, 1 / 3]
+    solver = Tchebycheff()
+    solver.reset(2)
+    with pytest.raises(ValueError, match="reset for 2 objectives but got 3 losses"):
+        solver.weights(torch.ones(3), torch.full((3,), 1 / 3))
