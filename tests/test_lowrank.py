@@ -6,6 +6,7 @@ import copy
 
 import pytest
 import torch
+from peft import LoraConfig, get_peft_model  # at collection: mutmut's forked test runs then inherit the import
 from safetensors.torch import save_file
 from torch import nn
 from torch.utils.data import TensorDataset
@@ -50,8 +51,6 @@ def _dense_experts(pretrained: nn.Module, n: int = 2) -> list[dict[str, torch.Te
 
 def _lora_model(seed: int = 0):
     """A tiny model with two LoRA adapters (random B, so that they are not zero) on fc1 and fc2, and its base."""
-    from peft import LoraConfig, get_peft_model
-
     torch.manual_seed(seed)
     base = _Mlp()
     config = {"r": 3, "target_modules": ["fc1", "fc2"], "init_lora_weights": False}

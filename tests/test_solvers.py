@@ -12,7 +12,7 @@ from mooframe.problem import Problem
 from mooframe.registry import SOLVERS, build_solver, resolve
 from mooframe.solver import Solver
 from mooframe.solvers.epo import EPO
-from mooframe.solvers.lp_backends import BACKENDS
+from mooframe.solvers.lp_backends import BACKENDS, LP, CvxpyLPs, HighsLPs
 from mooframe.solvers.ls import LinearScalarization
 from mooframe.solvers.mgda import MGDA, min_norm_weights
 from mooframe.solvers.smooth_tchebycheff import SmoothTchebycheff
@@ -254,19 +254,38 @@ def test_epo_infeasible_descent_lp_falls_back_to_the_relaxed_lp():
     np.testing.assert_allclose(alpha, expected, atol=1e-7)
 
 
-def test_epo_prints_nothing_to_stdout():
+def test_epo_prints_nothing_to_stdout_in_a_fresh_process():
+    """HiGHS prints a banner from C when a process makes its first model: every backend hides it (the cvxpy one
+    through HiGHS first), stdout is restored after, and the weights are those computed here."""
+    import json
     import subprocess
     import sys
     from pathlib import Path
 
     code = (
-        "import torch; from mooframe.solvers.epo import EPO; from mooframe.solvers.lp_backends import BACKENDS\n"
+        "import json, numpy as np, torch; from mooframe.solvers.epo import EPO\n"
+        "from mooframe.solvers.lp_backends import BACKENDS, LP, CvxpyLPs\n"
+        "lp = LP(np.array([1.0, 0.0]), np.array([[-1.0, 0.0]]), np.array([-0.3]))\n"
+        "weights = [CvxpyLPs('HIGHS').solve('balance', lp).tolist()]\n"
         "for backend in BACKENDS:\n"
-        "    EPO(backend=backend).weights(torch.tensor([1.0, 3.0]), torch.tensor([0.5, 0.5]), torch.eye(2))\n"
+        "    w = EPO(backend=backend).weights(torch.tensor([1.0, 3.0]), torch.tensor([0.5, 0.5]), torch.eye(2))\n"
+        "    weights.append(w.tolist())\n"
+        "print(json.dumps(weights))\n"
     )
     root = Path(__file__).resolve().parents[1]  # the checkout under test, first on the child's sys.path
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root)
-    assert run.stdout == ""
+    here = [CvxpyLPs("HIGHS").solve("balance", LP(np.array([1.0, 0.0]), np.array([[-1.0, 0.0]]), np.array([-0.3])))]
+    for backend in BACKENDS:
+        here.append(EPO(backend=backend).weights(torch.tensor([1.0, 3.0]), torch.tensor([0.5, 0.5]), torch.eye(2)))
+    assert run.stdout.endswith("\n") and run.stdout.count("\n") == 1  # the weights alone
+    assert json.loads(run.stdout) == [w.tolist() for w in here]
+
+
+def test_highs_solves_print_no_log(capfd):
+    lps = HighsLPs()
+    for kind in ("balance", "descent"):
+        lps.solve(kind, LP(np.array([1.0, 0.0]), np.array([[-1.0, 0.0]]), np.array([-0.3])))
+    assert capfd.readouterr().out == ""
 
 
 def test_tchebycheff_weights_are_the_gradient_of_the_scalarization():
