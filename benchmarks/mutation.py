@@ -57,7 +57,38 @@ _NO_OBJECTIVES = "changes only the T = 0 branch, where both versions raise (no s
 _RENORMALIZED = (
     "the affine coefficients are divided by their sum at the end, which undoes any scaling of the KKT system"
 )
+_HIGHS_INDEX_DTYPE = "an index array's dtype left to numpy (int64): highspy converts it to HiGHS's int, like int32"
+_HIGHS_LONGER = "a longer index array: only its first entries (as many as the count passed beside it) are read"
+_ZIP_STRICT = "zip's strict flag: the three cvxpy Parameters and the three fields of an LP always pair up"
+_BANNER_FLAG = (
+    "the 'banner hidden' flag not set: later models are also made with stdout pointed at /dev/null, and HiGHS "
+    "prints its banner at the first model of a process only, so nothing else changes"
+)
 EQUIVALENT: dict[str, str] = {
+    "mooframe.solvers.epo.x_relaxed_lp__mutmut_8": (
+        "C's row sums instead of its column sums: C is symmetric (the Gram matrix reaches a solver symmetrized)"
+    ),
+    "mooframe.solvers.epo.xǁEPOǁ_paper_alpha__mutmut_26": (
+        "the LP kind passed as None: it only names the persistent HiGHS model (a warm start; every solve replaces "
+        "its cost and rows), and the other backends ignore it"
+    ),
+    "mooframe.solvers.epo.x__paper_adjustment__mutmut_15": (
+        "np.finfo(None) is float64's, and l_hat is always float64 (EPO converts r and the losses to float64)"
+    ),
+    "mooframe.solvers.lp_backends.xǁHighsLPsǁsolve__mutmut_11": _HIGHS_INDEX_DTYPE,
+    "mooframe.solvers.lp_backends.xǁHighsLPsǁsolve__mutmut_13": _HIGHS_INDEX_DTYPE,
+    "mooframe.solvers.lp_backends.xǁHighsLPsǁsolve__mutmut_42": _HIGHS_INDEX_DTYPE,
+    "mooframe.solvers.lp_backends.xǁHighsLPsǁsolve__mutmut_44": _HIGHS_INDEX_DTYPE,
+    "mooframe.solvers.lp_backends.xǁHighsLPsǁsolve__mutmut_69": _HIGHS_INDEX_DTYPE,
+    "mooframe.solvers.lp_backends.xǁHighsLPsǁsolve__mutmut_72": _HIGHS_INDEX_DTYPE,
+    "mooframe.solvers.lp_backends.xǁHighsLPsǁsolve__mutmut_46": _HIGHS_LONGER + " (row starts: at most T + 1 rows)",
+    "mooframe.solvers.lp_backends.xǁHighsLPsǁsolve__mutmut_52": _HIGHS_LONGER + " (column indices)",
+    "mooframe.solvers.lp_backends.xǁHighsLPsǁsolve__mutmut_75": _HIGHS_LONGER + " (rows deleted: `old` of them)",
+    "mooframe.solvers.lp_backends.xǁCvxpyLPsǁsolve__mutmut_30": _ZIP_STRICT,
+    "mooframe.solvers.lp_backends.xǁCvxpyLPsǁsolve__mutmut_33": _ZIP_STRICT,
+    "mooframe.solvers.lp_backends.xǁCvxpyLPsǁsolve__mutmut_34": _ZIP_STRICT,
+    "mooframe.solvers.lp_backends.x__silent_highs__mutmut_25": _BANNER_FLAG,
+    "mooframe.solvers.lp_backends.x__silent_highs__mutmut_26": _BANNER_FLAG,
     "mooframe.preferences.x_check_preference__mutmut_19": (
         "'> 1e-6' -> '>= 1e-6' on |sum - 1|: near 1 that difference is a multiple of 2^-53, and the float 1e-6 is "
         "not (1e-6 / 2^-53 = 9007199254.74), so the two comparisons never differ"

@@ -254,9 +254,9 @@ def test_epo_infeasible_descent_lp_falls_back_to_the_relaxed_lp():
     np.testing.assert_allclose(alpha, expected, atol=1e-7)
 
 
-def test_epo_prints_nothing_to_stdout_in_a_fresh_process():
+def test_epo_and_the_lp_backends_print_nothing_to_stdout_in_a_fresh_process():
     """HiGHS prints a banner from C when a process makes its first model: every backend hides it (the cvxpy one
-    through HiGHS first), stdout is restored after, and the weights are those computed here."""
+    through HiGHS first), stdout is restored after, and the backends' answers are those computed here."""
     import json
     import subprocess
     import sys
@@ -264,21 +264,19 @@ def test_epo_prints_nothing_to_stdout_in_a_fresh_process():
 
     code = (
         "import json, numpy as np, torch; from mooframe.solvers.epo import EPO\n"
-        "from mooframe.solvers.lp_backends import BACKENDS, LP, CvxpyLPs\n"
+        "from mooframe.solvers.lp_backends import BACKENDS, LP, CvxpyLPs, HighsLPs\n"
         "lp = LP(np.array([1.0, 0.0]), np.array([[-1.0, 0.0]]), np.array([-0.3]))\n"
-        "weights = [CvxpyLPs('HIGHS').solve('balance', lp).tolist()]\n"
+        "alphas = [lps.solve('balance', lp).tolist() for lps in (CvxpyLPs('HIGHS'), HighsLPs(), CvxpyLPs())]\n"
         "for backend in BACKENDS:\n"
-        "    w = EPO(backend=backend).weights(torch.tensor([1.0, 3.0]), torch.tensor([0.5, 0.5]), torch.eye(2))\n"
-        "    weights.append(w.tolist())\n"
-        "print(json.dumps(weights))\n"
+        "    EPO(backend=backend).weights(torch.tensor([1.0, 3.0]), torch.tensor([0.5, 0.5]), torch.eye(2))\n"
+        "print(json.dumps(alphas))\n"
     )
     root = Path(__file__).resolve().parents[1]  # the checkout under test, first on the child's sys.path
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root)
-    here = [CvxpyLPs("HIGHS").solve("balance", LP(np.array([1.0, 0.0]), np.array([[-1.0, 0.0]]), np.array([-0.3])))]
-    for backend in BACKENDS:
-        here.append(EPO(backend=backend).weights(torch.tensor([1.0, 3.0]), torch.tensor([0.5, 0.5]), torch.eye(2)))
-    assert run.stdout.endswith("\n") and run.stdout.count("\n") == 1  # the weights alone
-    assert json.loads(run.stdout) == [w.tolist() for w in here]
+    lp = LP(np.array([1.0, 0.0]), np.array([[-1.0, 0.0]]), np.array([-0.3]))
+    here = [lps.solve("balance", lp).tolist() for lps in (CvxpyLPs("HIGHS"), HighsLPs(), CvxpyLPs())]
+    assert run.stdout.endswith("\n") and run.stdout.count("\n") == 1  # the answers alone
+    assert json.loads(run.stdout) == here
 
 
 def test_highs_solves_print_no_log(capfd):
