@@ -64,6 +64,16 @@ _BANNER_FLAG = (
     "the 'banner hidden' flag not set: later models are also made with stdout pointed at /dev/null, and HiGHS "
     "prints its banner at the first model of a process only, so nothing else changes"
 )
+_UNREAD_OUTSIDE_SUPPORT = (
+    "the weights outside the support, set after pruning, are never read before the minor cycle's accepting branch "
+    "(w[:] = 0, then the support's coefficients) overwrites them; the cycle always ends there"
+)
+_STEP_CAP = (
+    "the minor cycle's step cap (initial=1.0) changed or dropped: some support point with a current weight > 0 has "
+    "an affine coefficient <= 0 (its ratio is <= 1), or one in (0, 1e-3 tol], whose ratio exceeds 1 by at most "
+    "1e-3 tol and which is dropped either way; the set of ratios is never empty (the entering point's coefficient "
+    "is > 0 and the coefficients sum to 1 like the weights)"
+)
 EQUIVALENT: dict[str, str] = {
     "mooframe.solvers.epo.x_relaxed_lp__mutmut_8": (
         "C's row sums instead of its column sums: C is symmetric (the Gram matrix reaches a solver symmetrized)"
@@ -74,6 +84,23 @@ EQUIVALENT: dict[str, str] = {
     ),
     "mooframe.solvers.epo.x__paper_adjustment__mutmut_15": (
         "np.finfo(None) is float64's, and l_hat is always float64 (EPO converts r and the losses to float64)"
+    ),
+    "mooframe.solvers.mgda.x_min_norm_weights__mutmut_73": _UNREAD_OUTSIDE_SUPPORT,
+    "mooframe.solvers.mgda.x_min_norm_weights__mutmut_76": _UNREAD_OUTSIDE_SUPPORT,
+    "mooframe.solvers.mgda.x_min_norm_weights__mutmut_58": (
+        "'affine < current' -> '<=' in the minor cycle adds the points whose coefficient is unchanged: their ratio is "
+        "inf (no effect on the min), or 0/0 for the entering point, whose coefficient is > 0 since it entered with "
+        "a duality gap above tol"
+    ),
+    "mooframe.solvers.mgda.x_min_norm_weights__mutmut_61": _STEP_CAP,
+    "mooframe.solvers.mgda.x_min_norm_weights__mutmut_63": _STEP_CAP,
+    "mooframe.solvers.mgda.x_min_norm_weights__mutmut_66": _STEP_CAP,
+    "mooframe.solvers.mgda.x_min_norm_weights__mutmut_72": (
+        "'w > floor' -> '>=' when pruning the support: differs only when a weight equals 1e-3 tol to the last bit"
+    ),
+    "mooframe.solvers.mgda.x_min_norm_weights__mutmut_77": (
+        "w * sum(w) instead of w / sum(w) at the end: w already sums to 1 but for rounding (the minor cycle keeps "
+        "w a convex combination and zeroes only weights below 1e-3 tol)"
     ),
     "mooframe.solvers.lp_backends.xǁHighsLPsǁsolve__mutmut_11": _HIGHS_INDEX_DTYPE,
     "mooframe.solvers.lp_backends.xǁHighsLPsǁsolve__mutmut_13": _HIGHS_INDEX_DTYPE,

@@ -523,3 +523,33 @@ def test_tchebycheff_defaults_dtypes_and_reset_by_hand():
     solver.reset(2)
     with pytest.raises(ValueError, match="reset for 2 objectives but got 3 losses"):
         solver.weights(torch.ones(3), torch.full((3,), 1 / 3))
+
+
+@pytest.mark.parametrize(
+    "grads, segment",
+    [
+        ([[0.5, 0.0], [0.5, -0.5], [0.0, 1.0], [1.5, -1.5]], (1, 2)),
+        ([[1.0, 0.0, 0.5], [1.5, 0.5, 0.5], [1.0, 1.5, 1.0], [0.5, 0.0, -1.0], [0.5, -1.0, -1.0]], (2, 4)),
+    ],
+)
+def test_min_norm_weights_where_wolfes_minor_cycle_steps_back(grads, segment):
+    """Instances where the affine minimizer of the support leaves the hull, so Wolfe's minor cycle steps back and
+    drops points: the answer is the min-norm point of the segment g_i g_j, in closed form."""
+    g, (i, j) = np.array(grads), segment
+    t = -g[j] @ (g[i] - g[j]) / np.sum((g[i] - g[j]) ** 2)  # x = g_j + t (g_i - g_j), t in (0, 1)
+    expected = np.zeros(len(g))
+    expected[i], expected[j] = t, 1 - t
+    x = expected @ g
+    assert 0 < t < 1 and np.all(g @ x >= x @ x - 1e-12)  # KKT: the segment's min-norm point is the hull's
+    np.testing.assert_allclose(min_norm_weights(g @ g.T), expected, rtol=0, atol=1e-12)
+
+
+def test_epo_needs_no_lp_for_one_objective_or_zero_gradients():
+    for lp, scale in (("mooframe", 1), ("paper", 2)):  # the paper's weights are T alpha
+        solver = EPO(lp=lp)
+        w = solver.weights(torch.tensor([1.0, 3.0]), torch.tensor([0.25, 0.75]), torch.zeros(2, 2))
+        assert w.tolist() == [0.25 * scale, 0.75 * scale]
+        assert EPO(lp=lp).weights(torch.tensor([2.0]), torch.tensor([1.0]), torch.tensor([[4.0]])).tolist() == [1.0]
+        one = EPO(lp=lp)
+        one.weights(torch.tensor([2.0]), torch.tensor([1.0]), torch.tensor([[4.0]]))
+        assert all(v == 0 for v in {**solver.stats(), **one.stats()}.values())  # no LP solved, no fallback
