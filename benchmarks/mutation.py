@@ -64,6 +64,10 @@ _BANNER_FLAG = (
     "the 'banner hidden' flag not set: later models are also made with stdout pointed at /dev/null, and HiGHS "
     "prints its banner at the first model of a process only, so nothing else changes"
 )
+_LP_KIND = (
+    "another LP kind passed to the backend: it only names the persistent HiGHS model (a warm start; every solve "
+    "replaces its cost and rows), and the other backends ignore it"
+)
 _UNREAD_OUTSIDE_SUPPORT = (
     "the weights outside the support, set after pruning, are never read before the minor cycle's accepting branch "
     "(w[:] = 0, then the support's coefficients) overwrites them; the cycle always ends there"
@@ -78,10 +82,14 @@ EQUIVALENT: dict[str, str] = {
     "mooframe.solvers.epo.x_relaxed_lp__mutmut_8": (
         "C's row sums instead of its column sums: C is symmetric (the Gram matrix reaches a solver symmetrized)"
     ),
-    "mooframe.solvers.epo.xǁEPOǁ_paper_alpha__mutmut_26": (
-        "the LP kind passed as None: it only names the persistent HiGHS model (a warm start; every solve replaces "
-        "its cost and rows), and the other backends ignore it"
+    "mooframe.solvers.epo.xǁEPOǁ_weights__mutmut_66": _LP_KIND,
+    "mooframe.solvers.epo.xǁEPOǁ_weights__mutmut_93": _LP_KIND,
+    "mooframe.solvers.epo.xǁEPOǁ_weights__mutmut_97": _LP_KIND,
+    "mooframe.solvers.epo.xǁEPOǁ_weights__mutmut_98": _LP_KIND,
+    "mooframe.solvers.epo.xǁEPOǁ_weights__mutmut_45": (
+        "'max |a| <= 1e-12' -> '< 1e-12' in the vertex rule: differs only when max |a| equals 1e-12 to the last bit"
     ),
+    "mooframe.solvers.epo.xǁEPOǁ_paper_alpha__mutmut_26": _LP_KIND,
     "mooframe.solvers.epo.x__paper_adjustment__mutmut_15": (
         "np.finfo(None) is float64's, and l_hat is always float64 (EPO converts r and the losses to float64)"
     ),

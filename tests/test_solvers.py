@@ -168,9 +168,10 @@ def test_epo_falls_back_to_relaxed_lp_then_ls_weights_and_counts_it(monkeypatch)
     solver = EPO()
     solver.reset(2)
     pref = torch.tensor([0.25, 0.75])
-    w = solver.weights(torch.tensor([1.0, 2.0]), pref, torch.eye(2))
-    assert w.tolist() == pytest.approx(pref.tolist())
-    assert solver.stats()["relaxed_fallbacks"] == 1 and solver.stats()["ls_fallbacks"] == 1
+    for _ in range(2):
+        w = solver.weights(torch.tensor([1.0, 2.0]), pref, torch.eye(2))
+        assert w.tolist() == pytest.approx(pref.tolist())
+    assert solver.stats()["relaxed_fallbacks"] == 2 and solver.stats()["ls_fallbacks"] == 2
 
 
 @pytest.mark.parametrize("mode_losses", [[1.0, 3.0], [4.0, 1.0]])  # balance (off the ray), descent (on it)
@@ -553,3 +554,21 @@ def test_epo_needs_no_lp_for_one_objective_or_zero_gradients():
         one = EPO(lp=lp)
         one.weights(torch.tensor([2.0]), torch.tensor([1.0]), torch.tensor([[4.0]]))
         assert all(v == 0 for v in {**solver.stats(), **one.stats()}.values())  # no LP solved, no fallback
+
+
+def test_the_vertex_rule_needs_mu_strictly_above_eps_and_is_counted():
+    # r = e_1: l_hat = (1, 0), mu = log 2 exactly, a = 0: the vertex rule (alpha = r) applies iff mu > eps
+    losses, vertex, gram = torch.tensor([1.0, 3.0]), torch.tensor([1.0, 0.0]), torch.tensor([[1.0, -0.5], [-0.5, 1.0]])
+    for eps, counts in ((np.log(2), {"vertex": 0, "descent": 1}), (np.nextafter(np.log(2), 0), {"vertex": 2})):
+        solver = EPO(eps=float(eps))
+        for _ in range(sum(counts.values())):
+            solver.weights(losses, vertex, gram)
+        assert {k: solver.stats()[k] for k in counts} == counts
+
+
+def test_paper_weights_do_not_depend_on_the_scale_of_the_gradients():
+    grads = torch.tensor([[1.0, 0.2], [-0.5, 1.0]], dtype=torch.float64)
+    losses, pref = torch.tensor([1.0, 2.0]), torch.tensor([0.4, 0.6])
+    weights = [EPO(lp="paper").weights(losses, pref, s * grads @ grads.T) for s in (1e-6, 1.0, 1e6)]
+    for w in weights[1:]:
+        torch.testing.assert_close(w, weights[0], rtol=0, atol=1e-9)
