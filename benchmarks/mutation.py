@@ -14,7 +14,9 @@ mutation made the code hang), "no tests" ones as survivors.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import random
 import re
 import shutil
 import subprocess
@@ -166,8 +168,9 @@ EQUIVALENT: dict[str, str] = {
 KILLED = {"killed", "timeout", "segfault", "caught by type check"}
 
 
-def run_group(group: str, jobs: int, workdir: Path) -> dict[str, str]:
-    """Mutant name -> mutmut's status for one group, run in a fresh copy of the checkout under `workdir`."""
+def run_group(group: str, jobs: int, workdir: Path, sample: int | None = None, seed: int = 0) -> dict[str, str]:
+    """Mutant name -> mutmut's status for one group, run in a fresh copy of the checkout under `workdir`: every
+    mutant, or a uniform random sample of `sample` of them (`random.Random(seed)`)."""
     files, tests = GROUPS[group]
     copy = workdir / group
     if copy.exists():
@@ -184,8 +187,27 @@ def run_group(group: str, jobs: int, workdir: Path) -> dict[str, str]:
     pyproject = re.sub(r"only_mutate = \[.*?\]\n", scoped, pyproject, flags=re.S)
     (copy / "pyproject.toml").write_text(pyproject)
     mutmut = [sys.executable, "-m", "mutmut"]
-    subprocess.run([*mutmut, "run", "--max-children", str(jobs)], cwd=copy, check=True, stdout=subprocess.DEVNULL)
-    return _statuses(copy)
+    names = [] if sample is None else sample_mutants(copy, files, sample, seed)
+    subprocess.run(
+        [*mutmut, "run", "--max-children", str(jobs), *names], cwd=copy, check=True, stdout=subprocess.DEVNULL
+    )
+    statuses = _statuses(copy)
+    return statuses if sample is None else {name: statuses[name] for name in names}
+
+
+def sample_mutants(copy: Path, patterns: list[str], k: int, seed: int) -> list[str]:
+    """A uniform random sample of k of the mutants mutmut generates for the files matching `patterns` in `copy`."""
+    from mutmut.configuration import reset_config
+    from mutmut.mutation.file_mutation import mutate_file_contents
+    from mutmut.utils.format_utils import get_mutant_name
+
+    names = []
+    with contextlib.chdir(copy):  # mutmut reads its settings from the copy's pyproject.toml
+        reset_config()
+        for path in sorted({p for pattern in patterns for p in Path().glob(pattern) if p.suffix == ".py"}):
+            mutated = mutate_file_contents(str(path), path.read_text())
+            names += [get_mutant_name(path, name) for name in mutated.mutant_names]
+    return sorted(random.Random(seed).sample(sorted(names), min(k, len(names))))
 
 
 def rerun(group: str, names: list[str], jobs: int, workdir: Path) -> dict[str, str]:
@@ -241,6 +263,8 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2, help="mutants tested in parallel (default 2)")
     parser.add_argument("--workdir", type=Path, help="where the scratch copies go (default: a temporary directory)")
     parser.add_argument("--out", type=Path, help="also write the statuses and scores as JSON here")
+    parser.add_argument("--sample", type=int, help="run a uniform random sample of this many mutants per group")
+    parser.add_argument("--seed", type=int, default=0, help="the sample's seed (default 0)")
     parser.add_argument(
         "--rerun",
         action="store_true",
@@ -261,7 +285,7 @@ def main() -> None:
             survivors = [m for m, s in previous.items() if s not in KILLED and m not in EQUIVALENT]
             statuses.update(rerun(group, survivors, args.jobs, workdir))
         else:
-            statuses.update(run_group(group, args.jobs, workdir))
+            statuses.update(run_group(group, args.jobs, workdir, args.sample, args.seed))
         print(f"{group}: {len(statuses)} mutants so far (scratch copy in {workdir / group})", flush=True)
     table = scores(statuses)
     print(f"{'module':32} {'mutants':>8} {'killed':>7} {'survived':>9} {'equivalent':>11} {'score':>6}")
