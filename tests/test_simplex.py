@@ -3,12 +3,14 @@ LP backend on hand-worked LPs (optimum, infeasibility, a persistent model re-sol
 
 from __future__ import annotations
 
+import warnings
+
 import cvxpy as cp
 import numpy as np
 import pytest
 from scipy.optimize import linprog
 
-from mooframe.solvers.epo import adjustment, balance_lp, descent_lp, relaxed_lp
+from mooframe.solvers.epo import adjustment, balance_lp, balance_scale, descent_lp, non_uniformity, relaxed_lp
 from mooframe.solvers.lp_backends import LP, CvxpyLPs, HighsLPs, SimplexLPs
 from mooframe.solvers.simplex import simplex_lp
 
@@ -149,3 +151,15 @@ def test_the_cvxpy_backend_counts_inaccurate_answers_and_rejects_failed_ones(mon
         [0.5, 0.5], [1.0, 0.0], [0.25, 0.75], None, None, None, None
     ]  # fmt: skip
     assert lps.inaccurate == 3
+
+
+def test_epos_lp_inputs_at_their_edge_cases_by_hand():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no 0 / 0 on the way
+        assert non_uniformity(np.zeros(2)) == 0.0  # all losses zero: on every ray
+        assert balance_scale(np.zeros(2)).tolist() == [0.0, 0.0]
+    assert balance_scale(np.array([0.5, -2.0])).tolist() == [0.25, -1.0]
+    # (C a) = (-1, 0): a zero entry does not rise, so it is constrained like the falling one; no r_j l_j row needed
+    lp = balance_lp(np.array([[1.0, 0.0], [0.0, 0.0]]), np.array([-1.0, 1.0]), np.array([1.0, 2.0]))
+    assert lp.cost.tolist() == [-1.0, 0.0] and lp.rows.tolist() == [[1.0, 0.0], [0.0, 0.0]]
+    np.testing.assert_array_equal(lp.lower, [-1e-6, -1e-6])
