@@ -66,6 +66,10 @@ _BANNER_FLAG = (
     "the 'banner hidden' flag not set: later models are also made with stdout pointed at /dev/null, and HiGHS "
     "prints its banner at the first model of a process only, so nothing else changes"
 )
+_UNREAD_OBJECTIVE = (
+    "the tableau's objective-value cell (reduced[-1]) changed: it is updated at each pivot but never read; the "
+    "answer is read from the slacks' reduced costs"
+)
 _LP_KIND = (
     "another LP kind passed to the backend: it only names the persistent HiGHS model (a warm start; every solve "
     "replaces its cost and rows), and the other backends ignore it"
@@ -94,6 +98,21 @@ EQUIVALENT: dict[str, str] = {
     "mooframe.solvers.epo.xǁEPOǁ_paper_alpha__mutmut_26": _LP_KIND,
     "mooframe.solvers.epo.x__paper_adjustment__mutmut_15": (
         "np.finfo(None) is float64's, and l_hat is always float64 (EPO converts r and the losses to float64)"
+    ),
+    "mooframe.solvers.epo.x_descent_lp__mutmut_9": (
+        "C's row sums instead of its column sums: C is symmetric (the Gram matrix reaches a solver symmetrized)"
+    ),
+    "mooframe.solvers.epo.x_non_uniformity__mutmut_8": (
+        "'l_hat > 1e-12' -> '>=': differs only when an l_hat equals 1e-12 to the last bit"
+    ),
+    "mooframe.solvers.simplex.x_simplex_lp__mutmut_34": _UNREAD_OBJECTIVE,
+    "mooframe.solvers.simplex.x_simplex_lp__mutmut_37": _UNREAD_OBJECTIVE,
+    "mooframe.solvers.simplex.x_simplex_lp__mutmut_44": "Bland's flag starts as None instead of False: both falsy",
+    "mooframe.solvers.simplex.x_simplex_lp__mutmut_57": (
+        "Bland's entering rule 'cost < -tol' -> '<=': differs only when a reduced cost equals -1e-11 to the last bit"
+    ),
+    "mooframe.solvers.simplex.x_simplex_lp__mutmut_60": (
+        "the optimality test 'cost >= -tol' -> '>': differs only when the least reduced cost equals -1e-11 to the bit"
     ),
     "mooframe.solvers.mgda.x_min_norm_weights__mutmut_73": _UNREAD_OUTSIDE_SUPPORT,
     "mooframe.solvers.mgda.x_min_norm_weights__mutmut_76": _UNREAD_OUTSIDE_SUPPORT,
