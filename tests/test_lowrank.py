@@ -271,3 +271,12 @@ def test_saved_lora_adapters_load_as_the_same_experts(tmp_path):
             torch.testing.assert_close(a.factors[name][0] @ a.factors[name][1], b.factors[name][0] @ b.factors[name][1])
     with pytest.raises(FileNotFoundError, match="adapter_config.json"):
         load_lora_experts(copy.deepcopy(base), [tmp_path])
+
+
+def test_low_rank_factors_are_not_part_of_a_saved_state():
+    """A run saves the routers only: the factors are rebuilt from the experts, so no buffer is persistent."""
+    vectors = LowRankTaskVectors(
+        [truncated_svd(torch.eye(3), 1.0), truncated_svd(2 * torch.eye(3), 1.0)], torch.float32
+    )
+    assert vectors.state_dict() == {} and vectors.s.tolist() == [1.0] * 3 + [2.0] * 3
+    assert vectors.task.dtype == torch.long and vectors.task.tolist() == [0, 0, 0, 1, 1, 1]

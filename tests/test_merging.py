@@ -17,6 +17,8 @@ from mooframe.merging import (
     trim_top_k,
     weight_average,
 )
+from mooframe.merging.fisher import fisher_merge
+from mooframe.merging.store import ExpertState
 
 
 def _state(seed: int) -> dict[str, torch.Tensor]:
@@ -166,3 +168,26 @@ def test_mismatched_inputs_are_named():
         add_weighted_experts(base["w"], [base["w"], base["b"]], torch.ones(2))
     with pytest.raises(ValueError, match="and T coefficients"):
         add_weighted(base["w"], torch.zeros(2, 4, 3), torch.ones(3))
+
+
+def test_merging_functions_errors_and_dtypes_by_hand():
+    states = [{"w": torch.tensor([1.0, 2.0])}, {"w": torch.tensor([3.0, 6.0])}]
+    with pytest.raises(ValueError, match=r"^weights must be non-negative with a positive sum, got \[0.0, 0.0\]$"):
+        weight_average(states, [0.0, 0.0])
+    with pytest.raises(ValueError, match="^stack_task_vectors needs at least one task vector$"):
+        stack_task_vectors([])
+    ones = [{"w": torch.ones(2)}, {"w": torch.ones(2)}]
+    with pytest.raises(ValueError, match="^state 1 does not have the pretrained model's parameter names"):
+        fisher_merge([states[0], {"v": torch.ones(2)}], ones)
+    # per entry (F_1 theta_1 + F_2 theta_2) / (F_1 + F_2) = (1 * 1 + 3 * 3) / 4 and (1 * 2 + 3 * 6) / 4, in float64
+    doubles = [{"w": s["w"].double()} for s in states]
+    merged = fisher_merge(doubles, [{"w": torch.ones(2)}, {"w": torch.full((2,), 3.0)}])
+    assert merged["w"].dtype == torch.float64 and merged["w"].tolist() == [2.5, 5.0]
+
+
+def test_an_expert_state_casts_its_low_rank_factors_too():
+    b, a = torch.ones(2, 1), torch.full((1, 3), 0.5)
+    state = ExpertState({"w": torch.Size([2, 3])}, lambda name: torch.zeros(2, 3), factors={"w": (b, a)})
+    state.to(dtype=torch.float64)
+    assert state["w"].dtype == torch.float64 and state["w"].tolist() == [[0.5] * 3] * 2
+    assert all(f.dtype == torch.float64 for f in state._factors["w"])
