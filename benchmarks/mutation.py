@@ -114,6 +114,21 @@ EQUIVALENT: dict[str, str] = {
     "mooframe.solvers.simplex.x_simplex_lp__mutmut_60": (
         "the optimality test 'cost >= -tol' -> '>': differs only when the least reduced cost equals -1e-11 to the bit"
     ),
+    "mooframe.merging.fisher.x_diagonal_fisher__mutmut_11": (
+        "vmap's chunk_size dropped: the loop around it already passes at most chunk_size examples per call"
+    ),
+    "mooframe.merging.lowrank.xǁLowRankTaskVectorsǁ__init____mutmut_47": (
+        "torch.full's dtype=torch.long dropped: an integer fill value gives torch.long (int64) already"
+    ),
+    "mooframe.merging.vectors.x_weight_average__mutmut_47": (
+        "zip's strict flag: the coefficients were checked to have one entry per state"
+    ),
+    "mooframe.merging.vectors.xǁ_Mergeǁforward__mutmut_17": (
+        "zip's strict flag: the coefficients were checked to have one entry per tensor merged"
+    ),
+    "mooframe.merging.vectors.xǁ_Mergeǁbackward__mutmut_30": (
+        "a vector's gradient left in the gradient's dtype: autograd casts a Function's gradients to the input's dtype"
+    ),
     "mooframe.solvers.mgda.x_min_norm_weights__mutmut_73": _UNREAD_OUTSIDE_SUPPORT,
     "mooframe.solvers.mgda.x_min_norm_weights__mutmut_76": _UNREAD_OUTSIDE_SUPPORT,
     "mooframe.solvers.mgda.x_min_norm_weights__mutmut_58": (
