@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-import pytest
+import os
+
+# Tests never reach the network (DESIGN.md): without this, a Hugging Face name that is not in the cache is looked up
+# online, and on a machine without network each look-up waits for its retries to time out (25 s in test_hf_auto).
+# Set before anything imports huggingface_hub, which reads it once.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pytest  # noqa: E402
 import torch
 from torch import nn
 from torch.utils.data import TensorDataset
