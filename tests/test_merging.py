@@ -18,7 +18,7 @@ from mooframe.merging import (
     weight_average,
 )
 from mooframe.merging.fisher import fisher_merge
-from mooframe.merging.store import ExpertState
+from mooframe.merging.store import ExpertState, file_shapes
 
 
 def _state(seed: int) -> dict[str, torch.Tensor]:
@@ -191,3 +191,44 @@ def test_an_expert_state_casts_its_low_rank_factors_too():
     state.to(dtype=torch.float64)
     assert state["w"].dtype == torch.float64 and state["w"].tolist() == [[0.5] * 3] * 2
     assert all(f.dtype == torch.float64 for f in state._factors["w"])
+
+
+def test_an_expert_state_releases_cumulatively_and_keeps_what_it_was_told_to(tmp_path):
+    shapes = {name: torch.Size([1, 1]) for name in "abc"}
+    factors = {name: (torch.ones(1, 1), torch.full((1, 1), 2.0)) for name in "abc"}
+    state = ExpertState(shapes, lambda name: torch.zeros(1, 1), factors=factors)
+    state.release(keep={"a"}, by="the first merge")
+    state.release(keep={"a", "b"}, by="the second merge")  # b stays released
+    assert state.factors("a") is not None and state["a"].tolist() == [[2.0]]
+    assert state.factors("b") is None and state.factors("c") is None
+    with pytest.raises(KeyError, match="released after the second merge"):
+        state["b"]
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"not a safetensors file")
+    with pytest.raises(
+        ValueError, match=r"bad.safetensors is not a readable safetensors file \(.*\); pass one written"
+    ):
+        file_shapes(bad)
+
+
+def test_ties_defaults_names_and_stacking_order_by_hand():
+    base = {"w": torch.zeros(5)}
+    tau = {"w": torch.tensor([5.0, -4.0, 3.0, 2.0, 1.0])}
+    # defaults: keep the top 20% (one entry of five), scaling 0.3
+    assert ties_merging(base, [tau])["w"].tolist() == pytest.approx([1.5, 0.0, 0.0, 0.0, 0.0])
+    with pytest.raises(ValueError, match="^task vector 1 does not have the pretrained model's parameter names"):
+        ties_merging(base, [tau, {"v": torch.ones(5)}])
+    first, second = {"w": torch.ones(2), "b": torch.zeros(1)}, {"b": torch.ones(1), "w": torch.zeros(2)}
+    stacked = stack_task_vectors([first, second])
+    assert list(stacked) == ["w", "b"] and stacked["b"].tolist() == [[0.0], [1.0]]
+    assert list(stack_task_vectors([first, second], names=["b"])) == ["b"]
+
+
+def test_the_merge_gives_the_base_its_gradient_when_only_the_base_needs_one():
+    base = torch.zeros(3, requires_grad=True)
+    merged = add_weighted(base, torch.ones(2, 3), torch.tensor([0.5, 0.25]))
+    (merged * torch.tensor([1.0, 2.0, 3.0])).sum().backward()
+    assert base.grad.tolist() == [1.0, 2.0, 3.0]
+    experts_base = torch.zeros(3, requires_grad=True)
+    add_weighted_experts(experts_base, [torch.ones(3)] * 2, torch.tensor([0.5, 0.25])).sum().backward()
+    assert experts_base.grad.tolist() == [0.25] * 3  # d/d theta_0 of (1 - sum c) theta_0 + ...
