@@ -70,6 +70,11 @@ _UNREAD_OBJECTIVE = (
     "the tableau's objective-value cell (reduced[-1]) changed: it is updated at each pivot but never read; the "
     "answer is read from the slacks' reduced costs"
 )
+_LINEAR_DTYPE = (
+    "the low-rank term's dtype chosen from x or from W_0 alone: F.linear(x, W_0) raises unless x is a floating "
+    "tensor of W_0's dtype, so the two agree whenever the call succeeds"
+)
+_NEEDS_GRAD_ZIP = "zip's strict flag: needs_input_grad holds one entry per vector after the three first inputs"
 _LP_KIND = (
     "another LP kind passed to the backend: it only names the persistent HiGHS model (a warm start; every solve "
     "replaces its cost and rows), and the other backends ignore it"
@@ -120,6 +125,23 @@ EQUIVALENT: dict[str, str] = {
     "mooframe.merging.lowrank.xǁLowRankTaskVectorsǁ__init____mutmut_47": (
         "torch.full's dtype=torch.long dropped: an integer fill value gives torch.long (int64) already"
     ),
+    "mooframe.merging.lowrank.xǁLowRankTaskVectorsǁ__init____mutmut_3": "persistent=None instead of False: both falsy",
+    "mooframe.merging.lowrank.xǁLowRankMergedWeightǁlinear__mutmut_3": _LINEAR_DTYPE,
+    "mooframe.merging.lowrank.xǁLowRankMergedWeightǁlinear__mutmut_4": _LINEAR_DTYPE,
+    "mooframe.merging.lowrank.x__linear_arguments__mutmut_5": "zip's strict=None instead of False: both falsy",
+    "mooframe.merging.lowrank.x__linear_arguments__mutmut_8": "zip's strict=False dropped: False is its default",
+    "mooframe.merging.vectors.x_add_weighted__mutmut_4": "from_experts=None instead of False: both falsy",
+    "mooframe.merging.vectors.xǁ_Mergeǁbackward__mutmut_26": (
+        "the coefficients' gradient left in the gradient's dtype: autograd casts a Function's gradients to the "
+        "input's dtype"
+    ),
+    "mooframe.merging.vectors.xǁ_Mergeǁbackward__mutmut_29": (
+        "gradients also computed for the vectors that need none: autograd ignores a gradient returned for an input "
+        "that does not require one"
+    ),
+    "mooframe.merging.vectors.xǁ_Mergeǁbackward__mutmut_35": _NEEDS_GRAD_ZIP,
+    "mooframe.merging.vectors.xǁ_Mergeǁbackward__mutmut_39": _NEEDS_GRAD_ZIP,
+    "mooframe.merging.vectors.xǁ_Mergeǁbackward__mutmut_41": _NEEDS_GRAD_ZIP,
     "mooframe.merging.vectors.x_weight_average__mutmut_47": (
         "zip's strict flag: the coefficients were checked to have one entry per state"
     ),
