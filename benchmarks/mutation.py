@@ -75,6 +75,7 @@ _LINEAR_DTYPE = (
     "tensor of W_0's dtype, so the two agree whenever the call succeeds"
 )
 _NEEDS_GRAD_ZIP = "zip's strict flag: needs_input_grad holds one entry per vector after the three first inputs"
+_COEFFICIENTS_ZIP = "zip's strict flag: the coefficients were checked to have one entry per task vector"
 _LP_KIND = (
     "another LP kind passed to the backend: it only names the persistent HiGHS model (a warm start; every solve "
     "replaces its cost and rows), and the other backends ignore it"
@@ -142,6 +143,9 @@ EQUIVALENT: dict[str, str] = {
     "mooframe.merging.vectors.xǁ_Mergeǁbackward__mutmut_35": _NEEDS_GRAD_ZIP,
     "mooframe.merging.vectors.xǁ_Mergeǁbackward__mutmut_39": _NEEDS_GRAD_ZIP,
     "mooframe.merging.vectors.xǁ_Mergeǁbackward__mutmut_41": _NEEDS_GRAD_ZIP,
+    "mooframe.merging.vectors.x_task_arithmetic__mutmut_23": _COEFFICIENTS_ZIP,
+    "mooframe.merging.vectors.x_task_arithmetic__mutmut_26": _COEFFICIENTS_ZIP,
+    "mooframe.merging.vectors.x_task_arithmetic__mutmut_27": _COEFFICIENTS_ZIP,
     "mooframe.merging.vectors.x_weight_average__mutmut_47": (
         "zip's strict flag: the coefficients were checked to have one entry per state"
     ),

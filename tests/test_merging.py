@@ -232,3 +232,12 @@ def test_the_merge_gives_the_base_its_gradient_when_only_the_base_needs_one():
     experts_base = torch.zeros(3, requires_grad=True)
     add_weighted_experts(experts_base, [torch.ones(3)] * 2, torch.tensor([0.5, 0.25])).sum().backward()
     assert experts_base.grad.tolist() == [0.25] * 3  # d/d theta_0 of (1 - sum c) theta_0 + ...
+
+
+def test_task_arithmetic_defaults_and_messages_by_hand():
+    base, tau = {"w": torch.zeros(2)}, {"w": torch.tensor([1.0, -2.0])}
+    assert task_arithmetic(base, [tau])["w"].tolist() == pytest.approx([0.3, -0.6])  # default lambda 0.3
+    with pytest.raises(ValueError, match=r"^scaling must be a number or have one entry per task \(1\), got shape"):
+        task_arithmetic(base, [tau], scaling=[0.1, 0.2])
+    with pytest.raises(ValueError, match="^task vector 1 does not have the pretrained model's parameter names"):
+        task_arithmetic(base, [tau, {"v": torch.ones(2)}])
