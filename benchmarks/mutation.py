@@ -190,6 +190,9 @@ EQUIVALENT: dict[str, str] = {
         "'> 1e-6' -> '>= 1e-6' on |sum - 1|: near 1 that difference is a multiple of 2^-53, and the float 1e-6 is "
         "not (1e-6 / 2^-53 = 9007199254.74), so the two comparisons never differ"
     ),
+    "mooframe.indicators.x_as_points__mutmut_21": (
+        "reshape(-2, T) instead of reshape(-1, T): numpy (2.x) takes any negative size as the one unknown dimension"
+    ),
     "mooframe.indicators.x_hypervolume__mutmut_65": _AUTO_LABEL,
     "mooframe.indicators.x_hypervolume__mutmut_66": _AUTO_LABEL,
     "mooframe.indicators.x_hypervolume__mutmut_8": _INTEGER_REF,
