@@ -241,3 +241,39 @@ def test_task_arithmetic_defaults_and_messages_by_hand():
         task_arithmetic(base, [tau], scaling=[0.1, 0.2])
     with pytest.raises(ValueError, match="^task vector 1 does not have the pretrained model's parameter names"):
         task_arithmetic(base, [tau, {"v": torch.ones(2)}])
+
+
+def test_ties_and_fisher_checks_name_the_problem_and_keep_the_vectors_dtype():
+    a, b = {"w": torch.tensor([3.0, -1.0, 2.0, 0.5, 4.0])}, {"v": torch.ones(5)}
+    assert trim_top_k([a])[0]["w"].tolist() == [0.0, 0.0, 0.0, 0.0, 4.0]  # default: the top 20%, one entry of five
+    assert trim_top_k([a], top_k=0.01)[0]["w"].tolist() == [0.0, 0.0, 0.0, 0.0, 4.0]  # at least one entry
+    with pytest.raises(ValueError, match=r"top_k is the fraction of entries kept and must be in \(0, 1\], got 1.5"):
+        trim_top_k([a], top_k=1.5)
+    assert disjoint_merge([a])["w"].tolist() == a["w"].tolist()  # one task: its own entries
+    halves = disjoint_merge([{"w": a["w"].bfloat16()}] * 2, [0.5, 0.25])["w"]
+    assert halves.dtype == torch.bfloat16 and halves.tolist() == [1.125, -0.375, 0.75, 0.1875, 1.5]  # (0.5 + 0.25) / 2
+    with pytest.raises(ValueError, match=r"^weights must be a number or have one entry per task \(2\)"):
+        disjoint_merge([a, a], [1.0, 2.0, 3.0])
+    with pytest.raises(ValueError, match=r"^TIES weights must be non-negative, got \[1.0, -1.0\]$"):
+        disjoint_merge([a, a], [1.0, -1.0])
+    for vectors, t in (([a, b, b], 1), ([a, a, b], 2)):
+        with pytest.raises(ValueError, match=f"^task vector {t} does not have the pretrained model's parameter names"):
+            disjoint_merge(vectors)
+    with pytest.raises(ValueError, match="^fisher_merge needs one Fisher per state, got 1 states and 0$"):
+        fisher_merge([a], [])
+
+
+def test_regmean_weight_by_a_separate_least_squares_solution():
+    from mooframe.merging.regmean import regmean_weight
+
+    weights = [torch.tensor([[1.0, 2.0]]), torch.tensor([[3.0, -1.0]])]
+    grams = [torch.tensor([[2.0, 1.0], [1.0, 3.0]]), torch.tensor([[1.0, -0.5], [-0.5, 2.0]])]
+    scaled = [0.9 * g.double().numpy() + 0.1 * np.diag(np.diag(g.double().numpy())) for g in grams]  # default 0.9
+    rhs = sum(g @ w.double().numpy().T for g, w in zip(scaled, weights, strict=True))
+    expected = np.linalg.solve(sum(scaled), rhs).T
+    merged = regmean_weight(weights, grams)
+    assert merged.dtype == torch.float32
+    np.testing.assert_allclose(merged.numpy(), expected, rtol=1e-6)
+    assert regmean_weight([weights[0], weights[1].double()], grams).dtype == torch.float32  # the first weight's
+    with pytest.raises(ValueError, match="^regmean_weight needs one Gram matrix per weight, got 2 and 1$"):
+        regmean_weight(weights, grams[:1])
