@@ -76,6 +76,7 @@ _LINEAR_DTYPE = (
 )
 _NEEDS_GRAD_ZIP = "zip's strict flag: needs_input_grad holds one entry per vector after the three first inputs"
 _COEFFICIENTS_ZIP = "zip's strict flag: the coefficients were checked to have one entry per task vector"
+_SQUEEZED_ROW = "the row's size passed with squeeze=True: _rows then returns inputs[start] and ignores the size"
 _LP_KIND = (
     "another LP kind passed to the backend: it only names the persistent HiGHS model (a warm start; every solve "
     "replaces its cost and rows), and the other backends ignore it"
@@ -122,6 +123,18 @@ EQUIVALENT: dict[str, str] = {
     ),
     "mooframe.merging.fisher.x_diagonal_fisher__mutmut_11": (
         "vmap's chunk_size dropped: the loop around it already passes at most chunk_size examples per call"
+    ),
+    "mooframe.merging.fisher.x_diagonal_fisher__mutmut_8": "vmap's chunk_size=None: the loop around it already chunks",
+    "mooframe.merging.fisher.x_diagonal_fisher__mutmut_23": _SQUEEZED_ROW,
+    "mooframe.merging.fisher.x_diagonal_fisher__mutmut_29": _SQUEEZED_ROW,
+    "mooframe.merging.fisher.x_fisher_merge__mutmut_33": "zip's strict flag: one Fisher per state was checked",
+    "mooframe.merging.fisher.x_fisher_merge__mutmut_36": "zip's strict flag: one Fisher per state was checked",
+    "mooframe.merging.fisher.x_fisher_merge__mutmut_37": "zip's strict flag: one Fisher per state was checked",
+    "mooframe.merging.vectors.xǁ_Mergeǁforward__mutmut_20": (
+        "zip's strict flag: the coefficients were checked to have one entry per tensor merged"
+    ),
+    "mooframe.merging.vectors.xǁ_Mergeǁforward__mutmut_21": (
+        "zip's strict flag: the coefficients were checked to have one entry per tensor merged"
     ),
     "mooframe.merging.lowrank.xǁLowRankTaskVectorsǁ__init____mutmut_47": (
         "torch.full's dtype=torch.long dropped: an integer fill value gives torch.long (int64) already"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -277,3 +279,16 @@ def test_regmean_weight_by_a_separate_least_squares_solution():
     assert regmean_weight([weights[0], weights[1].double()], grams).dtype == torch.float32  # the first weight's
     with pytest.raises(ValueError, match="^regmean_weight needs one Gram matrix per weight, got 2 and 1$"):
         regmean_weight(weights, grams[:1])
+
+
+def test_fisher_merge_of_one_state_and_the_merge_errors_name_the_shapes():
+    a = {"w": torch.tensor([1.0, -2.0])}
+    assert fisher_merge([a], [{"w": torch.ones(2)}])["w"].tolist() == [1.0, -2.0]
+    with pytest.raises(ValueError, match="^Fisher 1 does not have the pretrained model's parameter names"):
+        fisher_merge([a, a], [{"w": torch.ones(2)}, {"v": torch.ones(2)}])
+    message = (
+        "cannot merge base (2,) with 4 tensors (shapes [(3,), (3,), (3,)], ...) and coefficients (4,): pass T "
+        "tensors of the base's shape, or one (T, *shape) tensor, and T coefficients"
+    )
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        add_weighted(torch.zeros(2), torch.zeros(4, 3), torch.ones(4))
