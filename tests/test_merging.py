@@ -19,7 +19,7 @@ from mooframe.merging import (
     trim_top_k,
     weight_average,
 )
-from mooframe.merging.fisher import fisher_merge
+from mooframe.merging.fisher import _rows, diagonal_fisher, fisher_merge
 from mooframe.merging.store import ExpertState, file_shapes
 
 
@@ -292,3 +292,46 @@ def test_fisher_merge_of_one_state_and_the_merge_errors_name_the_shapes():
     )
     with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
         add_weighted(torch.zeros(2), torch.zeros(4, 3), torch.ones(4))
+
+
+def test_merging_messages_name_the_argument_and_what_to_pass():
+    a = {"w": torch.ones(2)}
+    with pytest.raises(ValueError, match="^weight_average needs at least one state dict$"):
+        weight_average([])
+    with pytest.raises(ValueError, match=r"^weights must be a number or have one entry per task \(2\), got shape"):
+        weight_average([a, a], [1.0])
+    with pytest.raises(ValueError, match=r"^weights contains NaN or inf: \[1.0, nan\]$"):
+        weight_average([a, a], [1.0, float("nan")])
+    assert weight_average([a, {"w": torch.full((2,), 3.0)}], [0.25, 0.25])["w"].tolist() == [2.0, 2.0]  # sum 0.5
+    assert weight_average([{"w": torch.ones(1, dtype=torch.float64) / 3}])["w"].item() == 1 / 3  # weights kept exact
+    for states, t in (([a, {"v": torch.ones(2)}, {"v": torch.ones(2)}], 1), ([a, a, {"v": torch.ones(2)}], 2)):
+        with pytest.raises(ValueError, match=f"^state {t} does not have the pretrained model's parameter names"):
+            weight_average(states)
+    names = {f"p{i}": torch.ones(1) for i in range(5)}
+    message = (
+        "expert 0 does not have the pretrained model's parameter names: missing ['p0', 'p1', 'p2'], unexpected "
+        "['q0', 'q1', 'q2']; pass state dicts of the same architecture"
+    )
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        task_vectors(names, [{f"q{i}": torch.ones(1) for i in range(5)}])
+    with pytest.raises(ValueError, match="^diagonal_fisher got no examples; pass at least one batch$"):
+        diagonal_fisher(lambda params, x, y: (params["w"] * x).sum(), {"w": torch.ones(2)}, [])
+    rows = _rows({"x": torch.arange(5), "y": {"z": torch.arange(5) * 2}}, 1, 2)
+    assert rows["x"].tolist() == [1, 2] and rows["y"]["z"].tolist() == [2, 4]
+    assert _rows({"x": torch.arange(5)}, 3, 1, squeeze=True)["x"].item() == 3
+
+
+def test_an_expert_state_reads_its_file_in_its_dtype_and_names_what_is_missing(tmp_path):
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.ones(2, dtype=torch.float64)}, str(tmp_path / "expert.safetensors"))
+    shapes = {"w": torch.Size([2]), "low": torch.Size([1, 1])}
+    factors = {"low": (torch.ones(1, 1, dtype=torch.float64), torch.ones(1, 1, dtype=torch.float64))}
+    state = ExpertState(shapes, lambda n: torch.zeros(1, 1, dtype=torch.float64), path=tmp_path / "expert.safetensors",
+                        factors=factors)  # fmt: skip
+    assert state["w"].dtype == torch.float32 and state["w"].tolist() == [1.0, 1.0]
+    with pytest.raises(KeyError, match="'nothing'"):
+        state["nothing"]
+    state.release(keep={"low"}, by="PWE-MoE")
+    with pytest.raises(KeyError, match=r"\(release_experts=True\); build the problem again to read it"):
+        state["w"]
