@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-import pytest
+import os
+
+# Tests never reach the network (DESIGN.md): without this, a Hugging Face name that is not in the cache is looked up
+# online, and on a machine without network each look-up waits for its retries to time out (25 s in test_hf_auto).
+# Set before anything imports huggingface_hub, which reads it once.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pytest  # noqa: E402
 import torch
 from torch import nn
 from torch.utils.data import TensorDataset
@@ -46,3 +53,32 @@ def digits_cache(tmp_path_factory):
         patch.setenv("MOOFRAME_CACHE", str(cache))
         MultiTaskDigits()
         yield cache
+
+
+#: The digits build recipe with two training steps per stage: the cache's logic and the code that needs some digits
+#: problem run the same on it, in a second of CPU instead of the real build's half a minute.
+_SMALL_RECIPE = {"pretext_steps": 2, "expert_steps": 2}
+
+
+@pytest.fixture(scope="session")
+def _small_digits_build(tmp_path_factory):
+    from mooframe.problems import digits
+
+    cache = tmp_path_factory.mktemp("mooframe-small-cache")
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in _SMALL_RECIPE.items():
+            patch.setitem(digits.RECIPE, key, value)
+        digits.MultiTaskDigits(cache_dir=str(cache), progress=False)
+    return cache
+
+
+@pytest.fixture
+def small_digits_cache(_small_digits_build, monkeypatch):
+    """$MOOFRAME_CACHE at a digits build of two training steps per stage, with that recipe in force for the test:
+    for tests of the cache and of code that needs some digits problem, not well-trained experts (`digits_cache`)."""
+    from mooframe.problems import digits
+
+    for key, value in _SMALL_RECIPE.items():
+        monkeypatch.setitem(digits.RECIPE, key, value)
+    monkeypatch.setenv("MOOFRAME_CACHE", str(_small_digits_build))
+    return _small_digits_build

@@ -197,3 +197,25 @@ def test_regmean_handles_gpt2_conv1d_weights_as_transposed_linear_layers():
     weights = [s["0.weight"].double() for s in problem.expert_states]
     expected = torch.linalg.solve(sum(grams), sum(g @ w for g, w in zip(grams, weights, strict=True)))
     torch.testing.assert_close(merged["0.weight"].double(), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_input_grams_sum_x_t_x_over_every_row_of_every_call():
+    from mooframe.merging.regmean import input_grams, scale_off_diagonal
+
+    model = nn.Sequential(nn.Linear(3, 2), nn.Linear(2, 2))
+    first = torch.arange(12.0).reshape(2, 2, 3)  # a (batch, tokens, features) input: 4 rows
+    second = torch.ones(1, 3)
+
+    def run():
+        model(first)
+        model(second)
+
+    grams = input_grams(model, ["0"], run)
+    rows = torch.cat([first.reshape(-1, 3), second]).double()
+    assert list(grams) == ["0"] and grams["0"][1] == 5
+    torch.testing.assert_close(grams["0"][0], rows.T @ rows)
+    gram = torch.tensor([[2.0, 1.0], [1.0, 4.0]])
+    assert scale_off_diagonal(gram, 0.25).tolist() == [[2.0, 0.25], [0.25, 4.0]]
+    for alpha in (-0.5, 1.5):
+        with pytest.raises(ValueError, match=rf"alpha must be in \[0, 1\], got {alpha}"):
+            scale_off_diagonal(gram, alpha)

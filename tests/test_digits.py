@@ -28,6 +28,7 @@ def all_tasks(digits_cache) -> tuple[MultiTaskDigits, np.ndarray, np.ndarray]:
     return problem, pretrained, experts
 
 
+@pytest.mark.slow  # the real build (half a minute) and 25 evaluations
 def test_experts_beat_the_pretrained_model_on_their_own_task(all_tasks):
     _, pretrained, experts = all_tasks
     # measured (seed 0): pretrained 0.73-0.76, experts 0.90-0.93 on their own task
@@ -35,6 +36,7 @@ def test_experts_beat_the_pretrained_model_on_their_own_task(all_tasks):
     assert np.all(np.diag(experts) >= 0.85)
 
 
+@pytest.mark.slow
 def test_tasks_conflict(all_tasks):
     """An expert is far worse than the other tasks' experts on their tasks: merging them is a real trade-off."""
     _, pretrained, experts = all_tasks
@@ -55,7 +57,7 @@ def test_split_is_deterministic_and_disjoint():
     assert sum(tuple(x.flatten().tolist()) in flat_train for x in test_x) < 0.05 * len(test_x)  # digits has duplicates
 
 
-def test_a_second_build_reuses_the_cache(digits_cache, monkeypatch):
+def test_a_second_build_reuses_the_cache(small_digits_cache, monkeypatch):
     def no_rebuild(seed, merge_fraction, progress):
         raise AssertionError("the cached build should have been reused")
 
@@ -68,8 +70,8 @@ def test_a_second_build_reuses_the_cache(digits_cache, monkeypatch):
 
 
 @pytest.mark.parametrize("damage", ["flip_a_byte", "truncate", "bad_manifest", "other_recipe", "missing_manifest"])
-def test_a_corrupt_cache_is_detected_and_rebuilt(digits_cache, tmp_path, monkeypatch, damage):
-    source = cache_path(digits_cache, 0)
+def test_a_corrupt_cache_is_detected_and_rebuilt(small_digits_cache, tmp_path, monkeypatch, damage):
+    source = cache_path(small_digits_cache, 0)
     target = cache_path(tmp_path, 0)
     target.parent.mkdir(parents=True)
     shutil.copy(source, target)
@@ -101,12 +103,12 @@ def test_a_corrupt_cache_is_detected_and_rebuilt(digits_cache, tmp_path, monkeyp
     assert builds == [0]
 
 
-def test_a_merge_fraction_trains_the_merge_on_digits_the_build_never_saw(digits_cache, tmp_path, monkeypatch):
+def test_a_merge_fraction_trains_the_merge_on_digits_the_build_never_saw(small_digits_cache, tmp_path, monkeypatch):
     builds = []
 
     def build(seed, merge_fraction, progress):  # stands in for the build on the rest of the training split
         builds.append((seed, merge_fraction, progress))
-        return load_file(str(cache_path(digits_cache, 0)))
+        return load_file(str(cache_path(small_digits_cache, 0)))
 
     monkeypatch.setattr(digits, "build", build)
     kwargs = dict(cache_dir=str(tmp_path), merge_fraction=0.2, progress=False)
@@ -146,7 +148,7 @@ def test_bad_tasks_are_rejected(tasks):
         MultiTaskDigits(tasks=tasks)
 
 
-def test_built_by_name_with_json_kwargs(digits_cache):
+def test_built_by_name_with_json_kwargs(small_digits_cache):
     problem = build_problem("digits", tasks=["rotated", "inverted"], seed=0)
     assert problem.n_objectives == 2 and problem.objective_names == ["rotated", "inverted"]
     assert problem.upscale_presets["mlp"] and is_json_serializable(problem.spec()["kwargs"])

@@ -97,6 +97,7 @@ save_file({k: v.detach().contiguous() for k, v in outputs.items()}, sys.argv[4])
 """
 
 
+@pytest.mark.slow  # a child process importing transformers: 8 s on a quiet 2-core machine, 25 s loaded
 def test_exported_hf_models_load_with_plain_transformers_and_match_the_model_at_the_preference(tmp_path):
     torch.manual_seed(4)
     pixels, ids = torch.randn(6, 3, 8, 8), torch.randint(0, 50, (6, 5))

@@ -1,3 +1,5 @@
+import re
+
 import numpy as np
 import pytest
 from pymoo.indicators.gd import GD
@@ -5,7 +7,7 @@ from pymoo.indicators.hv import HV
 from pymoo.indicators.igd import IGD
 from pymoo.indicators.igd_plus import IGDPlus
 
-from mooframe.indicators import estimated_exact_seconds, gd, hypervolume, igd, igd_plus, non_dominated
+from mooframe.indicators import as_points, estimated_exact_seconds, gd, hypervolume, igd, igd_plus, non_dominated
 
 
 def sphere_points(n: int, m: int, seed: int = 0) -> np.ndarray:
@@ -178,3 +180,23 @@ def test_distance_indicator_errors_name_the_true_front():
         igd([[0.0, 1.0]], [[np.nan, 1.0]])
     with pytest.raises(ValueError, match="^distance indicators need at least one point and one true front point$"):
         igd_plus(np.zeros((0, 2)), [[0.0, 1.0]])
+
+
+def test_as_points_reshapes_only_a_vector_of_one_point_and_names_what_is_wrong():
+    one = as_points(np.array([1, 2]), n_objectives=2)  # integers in
+    assert one.dtype == np.float64 and one.tolist() == [[1.0, 2.0]]
+    assert as_points(np.array([[1, 2]])).dtype == np.float64
+    assert as_points([], n_objectives=3).shape == (0, 3)
+    assert as_points(np.zeros((0, 2))).shape == (0, 2)
+    for vector, n in (([1.0, 2.0, 3.0, 4.0], 2), ([1.0, 2.0], None), ([1.0], 2)):  # not one point of n values
+        shape = re.escape(str((len(vector),)))
+        with pytest.raises(
+            ValueError, match=rf"^points must be a 2-D array of shape \(n_points, n_objectives\), got shape {shape}$"
+        ):
+            as_points(vector, n_objectives=n)
+    with pytest.raises(ValueError, match=r"^front must be a 2-D array .* got shape \(2, 1, 1\)$"):
+        as_points(np.zeros((2, 1, 1)), what="front")
+    with pytest.raises(ValueError, match="^points have 2 objectives, expected 3$"):
+        as_points([[1.0, 2.0]], n_objectives=3)
+    with pytest.raises(ValueError, match="^points contain NaN or inf; drop or repair those rows first$"):
+        as_points([[1.0, np.inf]])

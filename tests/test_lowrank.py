@@ -6,6 +6,7 @@ import copy
 
 import pytest
 import torch
+from peft import LoraConfig, get_peft_model  # at collection: mutmut's forked test runs then inherit the import
 from safetensors.torch import save_file
 from torch import nn
 from torch.utils.data import TensorDataset
@@ -50,8 +51,6 @@ def _dense_experts(pretrained: nn.Module, n: int = 2) -> list[dict[str, torch.Te
 
 def _lora_model(seed: int = 0):
     """A tiny model with two LoRA adapters (random B, so that they are not zero) on fc1 and fc2, and its base."""
-    from peft import LoraConfig, get_peft_model
-
     torch.manual_seed(seed)
     base = _Mlp()
     config = {"r": 3, "target_modules": ["fc1", "fc2"], "init_lora_weights": False}
@@ -272,3 +271,43 @@ def test_saved_lora_adapters_load_as_the_same_experts(tmp_path):
             torch.testing.assert_close(a.factors[name][0] @ a.factors[name][1], b.factors[name][0] @ b.factors[name][1])
     with pytest.raises(FileNotFoundError, match="adapter_config.json"):
         load_lora_experts(copy.deepcopy(base), [tmp_path])
+
+
+def test_low_rank_factors_are_not_part_of_a_saved_state():
+    """A run saves the routers only: the factors are rebuilt from the experts, so no buffer is persistent."""
+    vectors = LowRankTaskVectors(
+        [truncated_svd(torch.eye(3), 1.0), truncated_svd(2 * torch.eye(3), 1.0)], torch.float32
+    )
+    assert vectors.state_dict() == {} and vectors.s.tolist() == [1.0] * 3 + [2.0] * 3
+    assert vectors.task.dtype == torch.long and vectors.task.tolist() == [0, 0, 0, 1, 1, 1]
+
+
+def test_a_low_rank_merged_weight_across_dtypes_and_through_other_operations(monkeypatch):
+    generator = torch.Generator().manual_seed(0)
+    taus = [torch.randn(4, 3, generator=generator) for _ in range(2)]
+    base, c = torch.randn(4, 3, generator=generator, dtype=torch.float64), torch.tensor([0.3, -0.7])
+    x = torch.randn(5, 3, generator=generator, dtype=torch.float64)
+    for factor_dtype, base_dtype, atol in ((torch.bfloat16, torch.float64, 1e-6), (torch.float32, torch.bfloat16, 0.1)):
+        vectors = LowRankTaskVectors([truncated_svd(t, 1.0) for t in taus], factor_dtype)
+        weight = vectors.merged(base.to(base_dtype), c)
+        # the reference, in float64 from the stored factors: W = W_0 + U diag(c_task s) V^T
+        scales = (c[vectors.task] * vectors.s).double()
+        expected = base.to(base_dtype).double() + (vectors.u.double() * scales) @ vectors.v.double().T
+        dense = weight.dense()
+        assert dense.dtype == base_dtype and not isinstance(dense, type(weight))
+        torch.testing.assert_close(dense.double(), expected, rtol=0, atol=atol)
+        with monkeypatch.context() as patch:  # F.linear never forms W (positional or keyword bias, or none)
+            patch.setattr(type(weight), "dense", lambda self: pytest.fail("F.linear formed the dense weight"))
+            inputs = x.to(base_dtype)
+            torch.testing.assert_close(nn.functional.linear(inputs, weight).double(), inputs.double() @ expected.T,
+                                       rtol=0, atol=atol)  # fmt: skip
+            bias = torch.ones(4, dtype=base_dtype)
+            out = nn.functional.linear(inputs, weight, bias=bias)
+            torch.testing.assert_close(out.double(), inputs.double() @ expected.T + 1, rtol=0, atol=atol)
+            assert weight.size(1) == 3 and weight.size(dim=0) == 4  # metadata answered without W
+        # any other operation sees the dense W, keyword arguments included; so does F.linear with W as its input
+        other = torch.ones(4, 3, dtype=base_dtype)
+        torch.testing.assert_close(torch.add(weight, other, alpha=2.0).double(), expected + 2, rtol=0, atol=atol)
+        plain = torch.ones(2, 3, dtype=base_dtype)
+        torch.testing.assert_close(nn.functional.linear(weight, plain).double(), expected @ plain.double().T,
+                                   rtol=0, atol=atol)  # fmt: skip

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -17,6 +19,8 @@ from mooframe.merging import (
     trim_top_k,
     weight_average,
 )
+from mooframe.merging.fisher import _rows, diagonal_fisher, fisher_merge
+from mooframe.merging.store import ExpertState, file_shapes
 
 
 def _state(seed: int) -> dict[str, torch.Tensor]:
@@ -166,3 +170,168 @@ def test_mismatched_inputs_are_named():
         add_weighted_experts(base["w"], [base["w"], base["b"]], torch.ones(2))
     with pytest.raises(ValueError, match="and T coefficients"):
         add_weighted(base["w"], torch.zeros(2, 4, 3), torch.ones(3))
+
+
+def test_merging_functions_errors_and_dtypes_by_hand():
+    states = [{"w": torch.tensor([1.0, 2.0])}, {"w": torch.tensor([3.0, 6.0])}]
+    with pytest.raises(ValueError, match=r"^weights must be non-negative with a positive sum, got \[0.0, 0.0\]$"):
+        weight_average(states, [0.0, 0.0])
+    with pytest.raises(ValueError, match="^stack_task_vectors needs at least one task vector$"):
+        stack_task_vectors([])
+    ones = [{"w": torch.ones(2)}, {"w": torch.ones(2)}]
+    with pytest.raises(ValueError, match="^state 1 does not have the pretrained model's parameter names"):
+        fisher_merge([states[0], {"v": torch.ones(2)}], ones)
+    # per entry (F_1 theta_1 + F_2 theta_2) / (F_1 + F_2) = (1 * 1 + 3 * 3) / 4 and (1 * 2 + 3 * 6) / 4, in float64
+    doubles = [{"w": s["w"].double()} for s in states]
+    merged = fisher_merge(doubles, [{"w": torch.ones(2)}, {"w": torch.full((2,), 3.0)}])
+    assert merged["w"].dtype == torch.float64 and merged["w"].tolist() == [2.5, 5.0]
+
+
+def test_an_expert_state_casts_its_low_rank_factors_too():
+    b, a = torch.ones(2, 1), torch.full((1, 3), 0.5)
+    state = ExpertState({"w": torch.Size([2, 3])}, lambda name: torch.zeros(2, 3), factors={"w": (b, a)})
+    state.to(dtype=torch.float64)
+    assert state["w"].dtype == torch.float64 and state["w"].tolist() == [[0.5] * 3] * 2
+    assert all(f.dtype == torch.float64 for f in state._factors["w"])
+
+
+def test_an_expert_state_releases_cumulatively_and_keeps_what_it_was_told_to(tmp_path):
+    shapes = {name: torch.Size([1, 1]) for name in "abc"}
+    factors = {name: (torch.ones(1, 1), torch.full((1, 1), 2.0)) for name in "abc"}
+    state = ExpertState(shapes, lambda name: torch.zeros(1, 1), factors=factors)
+    state.release(keep={"a"}, by="the first merge")
+    state.release(keep={"a", "b"}, by="the second merge")  # b stays released
+    assert state.factors("a") is not None and state["a"].tolist() == [[2.0]]
+    assert state.factors("b") is None and state.factors("c") is None
+    with pytest.raises(KeyError, match="released after the second merge"):
+        state["b"]
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"not a safetensors file")
+    with pytest.raises(
+        ValueError, match=r"bad.safetensors is not a readable safetensors file \(.*\); pass one written"
+    ):
+        file_shapes(bad)
+
+
+def test_ties_defaults_names_and_stacking_order_by_hand():
+    base = {"w": torch.zeros(5)}
+    tau = {"w": torch.tensor([5.0, -4.0, 3.0, 2.0, 1.0])}
+    # defaults: keep the top 20% (one entry of five), scaling 0.3
+    assert ties_merging(base, [tau])["w"].tolist() == pytest.approx([1.5, 0.0, 0.0, 0.0, 0.0])
+    with pytest.raises(ValueError, match="^task vector 1 does not have the pretrained model's parameter names"):
+        ties_merging(base, [tau, {"v": torch.ones(5)}])
+    first, second = {"w": torch.ones(2), "b": torch.zeros(1)}, {"b": torch.ones(1), "w": torch.zeros(2)}
+    stacked = stack_task_vectors([first, second])
+    assert list(stacked) == ["w", "b"] and stacked["b"].tolist() == [[0.0], [1.0]]
+    assert list(stack_task_vectors([first, second], names=["b"])) == ["b"]
+
+
+def test_the_merge_gives_the_base_its_gradient_when_only_the_base_needs_one():
+    base = torch.zeros(3, requires_grad=True)
+    merged = add_weighted(base, torch.ones(2, 3), torch.tensor([0.5, 0.25]))
+    (merged * torch.tensor([1.0, 2.0, 3.0])).sum().backward()
+    assert base.grad.tolist() == [1.0, 2.0, 3.0]
+    experts_base = torch.zeros(3, requires_grad=True)
+    add_weighted_experts(experts_base, [torch.ones(3)] * 2, torch.tensor([0.5, 0.25])).sum().backward()
+    assert experts_base.grad.tolist() == [0.25] * 3  # d/d theta_0 of (1 - sum c) theta_0 + ...
+
+
+def test_task_arithmetic_defaults_and_messages_by_hand():
+    base, tau = {"w": torch.zeros(2)}, {"w": torch.tensor([1.0, -2.0])}
+    assert task_arithmetic(base, [tau])["w"].tolist() == pytest.approx([0.3, -0.6])  # default lambda 0.3
+    with pytest.raises(ValueError, match=r"^scaling must be a number or have one entry per task \(1\), got shape"):
+        task_arithmetic(base, [tau], scaling=[0.1, 0.2])
+    with pytest.raises(ValueError, match="^task vector 1 does not have the pretrained model's parameter names"):
+        task_arithmetic(base, [tau, {"v": torch.ones(2)}])
+
+
+def test_ties_and_fisher_checks_name_the_problem_and_keep_the_vectors_dtype():
+    a, b = {"w": torch.tensor([3.0, -1.0, 2.0, 0.5, 4.0])}, {"v": torch.ones(5)}
+    assert trim_top_k([a])[0]["w"].tolist() == [0.0, 0.0, 0.0, 0.0, 4.0]  # default: the top 20%, one entry of five
+    assert trim_top_k([a], top_k=0.01)[0]["w"].tolist() == [0.0, 0.0, 0.0, 0.0, 4.0]  # at least one entry
+    with pytest.raises(ValueError, match=r"top_k is the fraction of entries kept and must be in \(0, 1\], got 1.5"):
+        trim_top_k([a], top_k=1.5)
+    assert disjoint_merge([a])["w"].tolist() == a["w"].tolist()  # one task: its own entries
+    halves = disjoint_merge([{"w": a["w"].bfloat16()}] * 2, [0.5, 0.25])["w"]
+    assert halves.dtype == torch.bfloat16 and halves.tolist() == [1.125, -0.375, 0.75, 0.1875, 1.5]  # (0.5 + 0.25) / 2
+    with pytest.raises(ValueError, match=r"^weights must be a number or have one entry per task \(2\)"):
+        disjoint_merge([a, a], [1.0, 2.0, 3.0])
+    with pytest.raises(ValueError, match=r"^TIES weights must be non-negative, got \[1.0, -1.0\]$"):
+        disjoint_merge([a, a], [1.0, -1.0])
+    for vectors, t in (([a, b, b], 1), ([a, a, b], 2)):
+        with pytest.raises(ValueError, match=f"^task vector {t} does not have the pretrained model's parameter names"):
+            disjoint_merge(vectors)
+    with pytest.raises(ValueError, match="^fisher_merge needs one Fisher per state, got 1 states and 0$"):
+        fisher_merge([a], [])
+
+
+def test_regmean_weight_by_a_separate_least_squares_solution():
+    from mooframe.merging.regmean import regmean_weight
+
+    weights = [torch.tensor([[1.0, 2.0]]), torch.tensor([[3.0, -1.0]])]
+    grams = [torch.tensor([[2.0, 1.0], [1.0, 3.0]]), torch.tensor([[1.0, -0.5], [-0.5, 2.0]])]
+    scaled = [0.9 * g.double().numpy() + 0.1 * np.diag(np.diag(g.double().numpy())) for g in grams]  # default 0.9
+    rhs = sum(g @ w.double().numpy().T for g, w in zip(scaled, weights, strict=True))
+    expected = np.linalg.solve(sum(scaled), rhs).T
+    merged = regmean_weight(weights, grams)
+    assert merged.dtype == torch.float32
+    np.testing.assert_allclose(merged.numpy(), expected, rtol=1e-6)
+    assert regmean_weight([weights[0], weights[1].double()], grams).dtype == torch.float32  # the first weight's
+    with pytest.raises(ValueError, match="^regmean_weight needs one Gram matrix per weight, got 2 and 1$"):
+        regmean_weight(weights, grams[:1])
+
+
+def test_fisher_merge_of_one_state_and_the_merge_errors_name_the_shapes():
+    a = {"w": torch.tensor([1.0, -2.0])}
+    assert fisher_merge([a], [{"w": torch.ones(2)}])["w"].tolist() == [1.0, -2.0]
+    with pytest.raises(ValueError, match="^Fisher 1 does not have the pretrained model's parameter names"):
+        fisher_merge([a, a], [{"w": torch.ones(2)}, {"v": torch.ones(2)}])
+    message = (
+        "cannot merge base (2,) with 4 tensors (shapes [(3,), (3,), (3,)], ...) and coefficients (4,): pass T "
+        "tensors of the base's shape, or one (T, *shape) tensor, and T coefficients"
+    )
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        add_weighted(torch.zeros(2), torch.zeros(4, 3), torch.ones(4))
+
+
+def test_merging_messages_name_the_argument_and_what_to_pass():
+    a = {"w": torch.ones(2)}
+    with pytest.raises(ValueError, match="^weight_average needs at least one state dict$"):
+        weight_average([])
+    with pytest.raises(ValueError, match=r"^weights must be a number or have one entry per task \(2\), got shape"):
+        weight_average([a, a], [1.0])
+    with pytest.raises(ValueError, match=r"^weights contains NaN or inf: \[1.0, nan\]$"):
+        weight_average([a, a], [1.0, float("nan")])
+    assert weight_average([a, {"w": torch.full((2,), 3.0)}], [0.25, 0.25])["w"].tolist() == [2.0, 2.0]  # sum 0.5
+    assert weight_average([{"w": torch.ones(1, dtype=torch.float64) / 3}])["w"].item() == 1 / 3  # weights kept exact
+    for states, t in (([a, {"v": torch.ones(2)}, {"v": torch.ones(2)}], 1), ([a, a, {"v": torch.ones(2)}], 2)):
+        with pytest.raises(ValueError, match=f"^state {t} does not have the pretrained model's parameter names"):
+            weight_average(states)
+    names = {f"p{i}": torch.ones(1) for i in range(5)}
+    message = (
+        "expert 0 does not have the pretrained model's parameter names: missing ['p0', 'p1', 'p2'], unexpected "
+        "['q0', 'q1', 'q2']; pass state dicts of the same architecture"
+    )
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        task_vectors(names, [{f"q{i}": torch.ones(1) for i in range(5)}])
+    with pytest.raises(ValueError, match="^diagonal_fisher got no examples; pass at least one batch$"):
+        diagonal_fisher(lambda params, x, y: (params["w"] * x).sum(), {"w": torch.ones(2)}, [])
+    rows = _rows({"x": torch.arange(5), "y": {"z": torch.arange(5) * 2}}, 1, 2)
+    assert rows["x"].tolist() == [1, 2] and rows["y"]["z"].tolist() == [2, 4]
+    assert _rows({"x": torch.arange(5)}, 3, 1, squeeze=True)["x"].item() == 3
+
+
+def test_an_expert_state_reads_its_file_in_its_dtype_and_names_what_is_missing(tmp_path):
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.ones(2, dtype=torch.float64)}, str(tmp_path / "expert.safetensors"))
+    shapes = {"w": torch.Size([2]), "low": torch.Size([1, 1])}
+    factors = {"low": (torch.ones(1, 1, dtype=torch.float64), torch.ones(1, 1, dtype=torch.float64))}
+    state = ExpertState(shapes, lambda n: torch.zeros(1, 1, dtype=torch.float64), path=tmp_path / "expert.safetensors",
+                        factors=factors)  # fmt: skip
+    assert state["w"].dtype == torch.float32 and state["w"].tolist() == [1.0, 1.0]
+    with pytest.raises(KeyError, match="'nothing'"):
+        state["nothing"]
+    state.release(keep={"low"}, by="PWE-MoE")
+    with pytest.raises(KeyError, match=r"\(release_experts=True\); build the problem again to read it"):
+        state["w"]

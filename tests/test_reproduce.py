@@ -167,6 +167,7 @@ def test_reproduce_gpt2_pairs_offline_from_the_glue_cache(tmp_path):
     assert record["key"]["spec"]["solver_kwargs"] == {"lp": "paper"} and len(record["prefs"]) == 3
 
 
+@pytest.mark.slow  # a child process importing transformers: 8 s on a quiet 2-core machine, 25 s loaded
 def test_reproduce_names_a_missing_checkpoint_in_one_line(tmp_path):
     env = {**os.environ, "HF_HOME": str(tmp_path / "empty"), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     command = [sys.executable, "-m", "mooframe.cli", "reproduce", "figure6", "--smoke", "--quiet",

@@ -9,7 +9,16 @@ import torch
 from mooframe import ParetoSetModel, ParetoSetResult, Problem, solve
 from mooframe.cli import main
 from mooframe.front import Front
-from mooframe.selection import Constraint, NoFeasiblePoint, Rule, concat_fronts, local_refinement, parse_rule, select
+from mooframe.selection import (
+    Constraint,
+    NoFeasiblePoint,
+    Rule,
+    concat_fronts,
+    ideal_distances,
+    local_refinement,
+    parse_rule,
+    select,
+)
 from mooframe.solvers.ls import LinearScalarization
 
 
@@ -204,3 +213,12 @@ def test_joined_fronts_keep_both_fronts_points_in_order(front):
         concat_fronts(front, other)
     with pytest.raises(ValueError, match="fronts of different tasks or metrics cannot be joined"):
         concat_fronts(front, Front(prefs=front.prefs, objectives=front.objectives, objective_names=["a", "b"]))
+
+
+def test_the_pref_rule_matches_within_1e_6_keeps_its_rule_and_flat_objectives_keep_their_scale(front):
+    chosen = select(front, "pref 0.2500005,0.7499995")  # 5e-7 off the evaluated (0.25, 0.75)
+    assert chosen.index == 3 and chosen.rule == parse_rule("pref 0.2500005,0.7499995")
+    with pytest.raises(ValueError, match="not among the evaluated points"):
+        select(front, "pref 0.250002,0.749998")
+    # one non-dominated point: both objectives are flat there and keep unit scale, so distances are objective units
+    assert ideal_distances(np.array([[1.0, 0.5], [2.0, 0.5], [1.0, 1.25]])).tolist() == [0.0, 1.0, 0.75]

@@ -1,11 +1,17 @@
-"""The dense simplex method for EPO's LPs against HiGHS (scipy's linprog, tight tolerances) as the reference."""
+"""EPO's LPs: the dense simplex method against HiGHS (scipy's linprog, tight tolerances) as the reference, and every
+LP backend on hand-worked LPs (optimum, infeasibility, a persistent model re-solved, what the cvxpy one counts)."""
 
 from __future__ import annotations
 
+import warnings
+
+import cvxpy as cp
 import numpy as np
+import pytest
 from scipy.optimize import linprog
 
-from mooframe.solvers.epo import adjustment, balance_lp, descent_lp, relaxed_lp
+from mooframe.solvers.epo import adjustment, balance_lp, balance_scale, descent_lp, non_uniformity, relaxed_lp
+from mooframe.solvers.lp_backends import LP, CvxpyLPs, HighsLPs, SimplexLPs
 from mooframe.solvers.simplex import simplex_lp
 
 TOLERANCES = {"primal_feasibility_tolerance": 1e-10, "dual_feasibility_tolerance": 1e-10}
@@ -79,3 +85,81 @@ def test_simplex_terminates_on_degenerate_lps():
         cost, rows, lower = rng.integers(-2, 3, n), rng.integers(-2, 3, (m, n)), rng.integers(-2, 2, m)
         solved += assert_solves(cost.astype(float), rows.astype(float), lower.astype(float))
     assert 50 < solved < 300
+
+
+def _capped(cap: float) -> LP:
+    """max alpha_1 s.t. alpha_1 <= cap (the row -alpha_1 >= -cap): alpha = (cap, 1 - cap)."""
+    return LP(np.array([1.0, 0.0]), np.array([[-1.0, 0.0]]), np.array([-cap]))
+
+
+#: max alpha_1 + 2 alpha_3 s.t. alpha_3 <= 0.25, alpha_1 >= 0.5 (two rows): alpha = (0.75, 0, 0.25)
+TWO_ROWS = LP(np.array([1.0, 0.0, 2.0]), np.array([[0.0, 0.0, -1.0], [1.0, 0.0, 0.0]]), np.array([-0.25, 0.5]))
+#: alpha_1 + alpha_2 >= 2 cannot hold on the simplex
+INFEASIBLE = LP(np.array([1.0, 0.0]), np.array([[1.0, 1.0]]), np.array([2.0]))
+
+
+@pytest.mark.filterwarnings("ignore:Solution may be inaccurate")
+@pytest.mark.parametrize("make", [SimplexLPs, HighsLPs, CvxpyLPs, lambda: CvxpyLPs("HIGHS")])
+def test_every_backend_finds_the_hand_worked_optima_and_reports_infeasible_lps(make):
+    lps = make()
+    atol = 1e-3 if isinstance(lps, CvxpyLPs) and lps.solver == "OSQP" else 1e-9  # ADMM's tolerance
+    for cap in (0.3, 0.6, 0.3):  # the same kind again: a persistent model gets the new rows, not extra ones
+        alpha = lps.solve("balance", _capped(cap))
+        np.testing.assert_allclose(alpha, [cap, 1 - cap], atol=atol)
+        assert alpha.sum() == pytest.approx(1.0, abs=1e-12) and alpha.min() >= 0
+    np.testing.assert_allclose(lps.solve("balance", TWO_ROWS), [0.75, 0.0, 0.25], atol=atol)
+    np.testing.assert_allclose(lps.solve("descent", _capped(0.4)), [0.4, 0.6], atol=atol)
+    assert lps.solve("relaxed", INFEASIBLE) is None
+    np.testing.assert_allclose(lps.solve("relaxed", _capped(0.2)), [0.2, 0.8], atol=atol)
+    assert lps.inaccurate == 0 or isinstance(lps, CvxpyLPs)
+
+
+def test_the_cvxpy_backend_solves_with_the_solver_it_names():
+    assert CvxpyLPs().solver == "OSQP"
+    for name in ("OSQP", "HIGHS"):
+        lps = CvxpyLPs(name)
+        lps.solve("balance", _capped(0.3))
+        ((problem, *_),) = lps.problems.values()
+        assert problem.solver_stats.solver_name == name
+
+
+def test_the_cvxpy_backend_counts_inaccurate_answers_and_rejects_failed_ones(monkeypatch):
+    outcomes = iter(
+        [
+            (cp.OPTIMAL_INACCURATE, [0.5, 0.5]),
+            (cp.OPTIMAL, [1.0, 0.0]),
+            (cp.OPTIMAL_INACCURATE, [0.25, 0.75]),
+            (cp.OPTIMAL_INACCURATE, None),  # no values despite the status
+            (cp.INFEASIBLE, [0.5, 0.5]),
+            (cp.SolverError, None),
+            (cp.OPTIMAL, [np.nan, 1.0]),
+        ]
+    )
+
+    def solve(problem, solver=None):
+        status, value = next(outcomes)
+        if status is cp.SolverError:
+            raise cp.SolverError("the solver failed")
+        (alpha,) = problem.variables()
+        alpha.save_value(None if value is None else np.array(value))  # unchecked, as a solver would leave it
+        problem._status = status
+
+    monkeypatch.setattr(cp.Problem, "solve", solve)
+    lps = CvxpyLPs()
+    answers = [lps.solve("balance", _capped(0.3)) for _ in range(7)]
+    assert [None if a is None else a.tolist() for a in answers] == [
+        [0.5, 0.5], [1.0, 0.0], [0.25, 0.75], None, None, None, None
+    ]  # fmt: skip
+    assert lps.inaccurate == 3
+
+
+def test_epos_lp_inputs_at_their_edge_cases_by_hand():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no 0 / 0 on the way
+        assert non_uniformity(np.zeros(2)) == 0.0  # all losses zero: on every ray
+        assert balance_scale(np.zeros(2)).tolist() == [0.0, 0.0]
+    assert balance_scale(np.array([0.5, -2.0])).tolist() == [0.25, -1.0]
+    # (C a) = (-1, 0): a zero entry does not rise, so it is constrained like the falling one; no r_j l_j row needed
+    lp = balance_lp(np.array([[1.0, 0.0], [0.0, 0.0]]), np.array([-1.0, 1.0]), np.array([1.0, 2.0]))
+    assert lp.cost.tolist() == [-1.0, 0.0] and lp.rows.tolist() == [[1.0, 0.0], [0.0, 0.0]]
+    np.testing.assert_array_equal(lp.lower, [-1e-6, -1e-6])

@@ -12,7 +12,7 @@ from mooframe.problem import Problem
 from mooframe.registry import SOLVERS, build_solver, resolve
 from mooframe.solver import Solver
 from mooframe.solvers.epo import EPO
-from mooframe.solvers.lp_backends import BACKENDS
+from mooframe.solvers.lp_backends import BACKENDS, LP, CvxpyLPs, HighsLPs
 from mooframe.solvers.ls import LinearScalarization
 from mooframe.solvers.mgda import MGDA, min_norm_weights
 from mooframe.solvers.smooth_tchebycheff import SmoothTchebycheff
@@ -168,9 +168,10 @@ def test_epo_falls_back_to_relaxed_lp_then_ls_weights_and_counts_it(monkeypatch)
     solver = EPO()
     solver.reset(2)
     pref = torch.tensor([0.25, 0.75])
-    w = solver.weights(torch.tensor([1.0, 2.0]), pref, torch.eye(2))
-    assert w.tolist() == pytest.approx(pref.tolist())
-    assert solver.stats()["relaxed_fallbacks"] == 1 and solver.stats()["ls_fallbacks"] == 1
+    for _ in range(2):
+        w = solver.weights(torch.tensor([1.0, 2.0]), pref, torch.eye(2))
+        assert w.tolist() == pytest.approx(pref.tolist())
+    assert solver.stats()["relaxed_fallbacks"] == 2 and solver.stats()["ls_fallbacks"] == 2
 
 
 @pytest.mark.parametrize("mode_losses", [[1.0, 3.0], [4.0, 1.0]])  # balance (off the ray), descent (on it)
@@ -254,19 +255,36 @@ def test_epo_infeasible_descent_lp_falls_back_to_the_relaxed_lp():
     np.testing.assert_allclose(alpha, expected, atol=1e-7)
 
 
-def test_epo_prints_nothing_to_stdout():
+def test_epo_and_the_lp_backends_print_nothing_to_stdout_in_a_fresh_process():
+    """HiGHS prints a banner from C when a process makes its first model: every backend hides it (the cvxpy one
+    through HiGHS first), stdout is restored after, and the backends' answers are those computed here."""
+    import json
     import subprocess
     import sys
     from pathlib import Path
 
     code = (
-        "import torch; from mooframe.solvers.epo import EPO; from mooframe.solvers.lp_backends import BACKENDS\n"
+        "import json, numpy as np, torch; from mooframe.solvers.epo import EPO\n"
+        "from mooframe.solvers.lp_backends import BACKENDS, LP, CvxpyLPs, HighsLPs\n"
+        "lp = LP(np.array([1.0, 0.0]), np.array([[-1.0, 0.0]]), np.array([-0.3]))\n"
+        "alphas = [lps.solve('balance', lp).tolist() for lps in (CvxpyLPs('HIGHS'), HighsLPs(), CvxpyLPs())]\n"
         "for backend in BACKENDS:\n"
         "    EPO(backend=backend).weights(torch.tensor([1.0, 3.0]), torch.tensor([0.5, 0.5]), torch.eye(2))\n"
+        "print(json.dumps(alphas))\n"
     )
     root = Path(__file__).resolve().parents[1]  # the checkout under test, first on the child's sys.path
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root)
-    assert run.stdout == ""
+    lp = LP(np.array([1.0, 0.0]), np.array([[-1.0, 0.0]]), np.array([-0.3]))
+    here = [lps.solve("balance", lp).tolist() for lps in (CvxpyLPs("HIGHS"), HighsLPs(), CvxpyLPs())]
+    assert run.stdout.endswith("\n") and run.stdout.count("\n") == 1  # the answers alone
+    assert json.loads(run.stdout) == here
+
+
+def test_highs_solves_print_no_log(capfd):
+    lps = HighsLPs()
+    for kind in ("balance", "descent"):
+        lps.solve(kind, LP(np.array([1.0, 0.0]), np.array([[-1.0, 0.0]]), np.array([-0.3])))
+    assert capfd.readouterr().out == ""
 
 
 def test_tchebycheff_weights_are_the_gradient_of_the_scalarization():
@@ -338,7 +356,11 @@ def test_every_solver_lowers_the_loss_at_fixed_preferences_on_zdt1(name):
 
 
 @pytest.mark.parametrize(
-    "kwargs, message", [({"backend": "glpk"}, "unknown EPO backend"), ({"eps": 0}, "eps must be > 0")]
+    "kwargs, message",
+    [
+        ({"backend": "glpk"}, "^unknown EPO backend 'glpk'; pass one of simplex, highs, osqp$"),
+        ({"eps": 0}, "eps must be > 0"),
+    ],
 )
 def test_bad_epo_options_are_rejected(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -487,3 +509,70 @@ def test_the_affine_min_norm_point_of_affinely_dependent_support_points():
 def test_gram_errors_name_the_solver(name, label):
     with pytest.raises(ValueError, match=f"^{label} got a Gram matrix of shape"):
         build_solver(name).weights(torch.ones(2), torch.tensor([0.5, 0.5]), torch.eye(3))
+
+
+def test_tchebycheff_defaults_dtypes_and_reset_by_hand():
+    # the default ideal point is 0: gaps r l = (0.8, 0.7) put the weight on objective 1 (with z = 1: (0, 0.5), on 2)
+    losses, pref = torch.tensor([1.0, 3.5]), torch.tensor([0.8, 0.2])
+    assert Tchebycheff().weights(losses, pref).tolist() == pytest.approx([0.8, 0.0])
+    # weights and ideal point come in the losses' dtype, whatever the preference's and the ideal's
+    w = Tchebycheff(ideal=[0.5, 2.5]).weights(losses, pref.double())  # gaps (0.4, 0.2)
+    assert w.dtype == torch.float32 and w.tolist() == pytest.approx([0.8, 0.0])
+    assert Tchebycheff(ideal=[0.5, 0.25]).ideal_point(losses.double()).dtype == torch.float64
+    # a restored running minimum keeps float64 precision (0.1 is not a float32)
+    restored = Tchebycheff(ideal=None)
+    restored.load_state_dict({"running_min": [0.1, 1 / 3]})
+    point = restored.ideal_point(torch.ones(2, dtype=torch.float64))
+    assert point.tolist() == [0.1, 1 / 3]
+    solver = Tchebycheff()
+    solver.reset(2)
+    with pytest.raises(ValueError, match="reset for 2 objectives but got 3 losses"):
+        solver.weights(torch.ones(3), torch.full((3,), 1 / 3))
+
+
+@pytest.mark.parametrize(
+    "grads, segment",
+    [
+        ([[0.5, 0.0], [0.5, -0.5], [0.0, 1.0], [1.5, -1.5]], (1, 2)),
+        ([[1.0, 0.0, 0.5], [1.5, 0.5, 0.5], [1.0, 1.5, 1.0], [0.5, 0.0, -1.0], [0.5, -1.0, -1.0]], (2, 4)),
+    ],
+)
+def test_min_norm_weights_where_wolfes_minor_cycle_steps_back(grads, segment):
+    """Instances where the affine minimizer of the support leaves the hull, so Wolfe's minor cycle steps back and
+    drops points: the answer is the min-norm point of the segment g_i g_j, in closed form."""
+    g, (i, j) = np.array(grads), segment
+    t = -g[j] @ (g[i] - g[j]) / np.sum((g[i] - g[j]) ** 2)  # x = g_j + t (g_i - g_j), t in (0, 1)
+    expected = np.zeros(len(g))
+    expected[i], expected[j] = t, 1 - t
+    x = expected @ g
+    assert 0 < t < 1 and np.all(g @ x >= x @ x - 1e-12)  # KKT: the segment's min-norm point is the hull's
+    np.testing.assert_allclose(min_norm_weights(g @ g.T), expected, rtol=0, atol=1e-12)
+
+
+def test_epo_needs_no_lp_for_one_objective_or_zero_gradients():
+    for lp, scale in (("mooframe", 1), ("paper", 2)):  # the paper's weights are T alpha
+        solver = EPO(lp=lp)
+        w = solver.weights(torch.tensor([1.0, 3.0]), torch.tensor([0.25, 0.75]), torch.zeros(2, 2))
+        assert w.tolist() == [0.25 * scale, 0.75 * scale]
+        assert EPO(lp=lp).weights(torch.tensor([2.0]), torch.tensor([1.0]), torch.tensor([[4.0]])).tolist() == [1.0]
+        one = EPO(lp=lp)
+        one.weights(torch.tensor([2.0]), torch.tensor([1.0]), torch.tensor([[4.0]]))
+        assert all(v == 0 for v in {**solver.stats(), **one.stats()}.values())  # no LP solved, no fallback
+
+
+def test_the_vertex_rule_needs_mu_strictly_above_eps_and_is_counted():
+    # r = e_1: l_hat = (1, 0), mu = log 2 exactly, a = 0: the vertex rule (alpha = r) applies iff mu > eps
+    losses, vertex, gram = torch.tensor([1.0, 3.0]), torch.tensor([1.0, 0.0]), torch.tensor([[1.0, -0.5], [-0.5, 1.0]])
+    for eps, counts in ((np.log(2), {"vertex": 0, "descent": 1}), (np.nextafter(np.log(2), 0), {"vertex": 2})):
+        solver = EPO(eps=float(eps))
+        for _ in range(sum(counts.values())):
+            solver.weights(losses, vertex, gram)
+        assert {k: solver.stats()[k] for k in counts} == counts
+
+
+def test_paper_weights_do_not_depend_on_the_scale_of_the_gradients():
+    grads = torch.tensor([[1.0, 0.2], [-0.5, 1.0]], dtype=torch.float64)
+    losses, pref = torch.tensor([1.0, 2.0]), torch.tensor([0.4, 0.6])
+    weights = [EPO(lp="paper").weights(losses, pref, s * grads @ grads.T) for s in (1e-6, 1.0, 1e6)]
+    for w in weights[1:]:
+        torch.testing.assert_close(w, weights[0], rtol=0, atol=1e-9)
