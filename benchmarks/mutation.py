@@ -45,9 +45,22 @@ GROUPS: dict[str, tuple[list[str], list[str]]] = {
         ["tests/test_pwe_moe.py", "tests/test_pareto_merging.py", "tests/test_baselines.py", "tests/test_lowrank.py"],
     ),
     "selection": (["mooframe/selection.py"], ["tests/test_selection.py"]),
-    "report": (["mooframe/report.py"], ["tests/test_report.py"]),
-    "result": (["mooframe/result.py"], ["tests/test_core.py", "tests/test_selection.py", "tests/test_report.py"]),
-    "checkpoint": (["mooframe/checkpoint.py"], ["tests/test_checkpoint.py"]),
+    "report": (["mooframe/report.py"], ["tests/test_report.py", "tests/test_cli.py"]),
+    "result": (
+        ["mooframe/result.py"],
+        [
+            "tests/test_core.py",
+            "tests/test_selection.py",
+            "tests/test_report.py",
+            "tests/test_safety.py",
+            "tests/test_contracts.py",
+            "tests/test_cli.py",
+            "tests/test_result.py",
+            "tests/test_pwe_moe.py",
+            "tests/test_export.py",
+        ],
+    ),
+    "checkpoint": (["mooframe/checkpoint.py"], ["tests/test_checkpoint.py", "tests/test_safety.py"]),
 }
 
 #: mutant name -> why no test can tell it from the original (the same behaviour for every input)
