@@ -63,15 +63,19 @@ def test_select_uses_the_grid_it_is_given_and_refines_around_its_choice(run):
     result = ParetoSetResult.load(run)
     grid = uniform_grid(2, 3)
     front = result.front(grid)
-    bound = float(front.objectives[1, 1]) + 1e-9  # the middle point's f2: the rule's answer is interior or an end
+    # three quarters of the way from the middle point's f2 to the larger end's: on a finer grid points between pass it
+    middle, top = front.objectives[1, 1], front.objectives[:, 1].max()
+    bound = float(middle + 0.75 * (top - middle))
     rule = f"min f1 subject to f2 <= {bound!r}"
     chosen = _chosen(grid, front.objectives, bound)
     np.testing.assert_allclose(result.select(rule, n=3).pref, chosen)
+    assert not np.allclose(result.select(rule, n=11).pref, chosen)  # so the grid matters here
     refined = result.select(rule, n=3, refine=2)
     neighbours = [p for p in grid if np.isclose(np.abs(p - chosen).sum(), 1.0)]  # grid spacing 0.5
     candidates = np.vstack([grid, *[(p + chosen) / 2 for p in neighbours]])
     everything = result.front(candidates)
     np.testing.assert_allclose(refined.pref, _chosen(candidates, everything.objectives, bound))
+    assert not np.allclose(refined.pref, chosen)  # the refinement moved the choice
 
 
 def test_the_export_card_records_float_preferences_and_the_source_run(run, tmp_path):
