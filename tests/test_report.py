@@ -234,3 +234,39 @@ def test_the_tables_mark_an_approximate_hypervolume_and_the_true_front_columns()
     missing.prefs[1] = [0.6, 0.4]  # not evaluated at the equal preference: its cells read "-"
     _, rows = compare_fronts({"m": missing}).preference_rows()
     assert rows[2] == ["m", "equal", "-", "-"]
+
+
+def test_the_default_reference_is_the_union_nadir_plus_a_tenth_of_its_range_true_front_included():
+    from mooframe.report import compare_fronts
+
+    names = ["a", "b"]
+    fronts = {"x": Front(np.array([[1.0, 0.0]]), np.array([[1.0, 4.0]]), names),
+              "y": Front(np.array([[0.0, 1.0]]), np.array([[3.0, 2.0]]), names)}  # fmt: skip
+    # nadir (3, 4), ideal (1, 2): range (2, 2) -> (3.2, 4.2)
+    np.testing.assert_allclose(compare_fronts(fronts).ref_point, [3.2, 4.2])
+    truth = np.array([[0.0, 6.0], [5.0, 1.0]])  # nadir (5, 6), ideal (0, 1): range (5, 5) -> (5.5, 6.5)
+    np.testing.assert_allclose(compare_fronts(fronts, true_front=truth).ref_point, [5.5, 6.5])
+    with pytest.raises(ValueError, match="^no fronts to compare; pass at least one labelled Front$"):
+        compare_fronts({})
+
+
+def test_evaluation_preferences_count_and_budget_by_hand():
+    from mooframe.report import evaluation_preferences
+
+    assert len(evaluation_preferences(3)) == 67  # 11 per edge: C(12, 2) = 66, and the equal preference (off the grid)
+    assert len(evaluation_preferences(4)) == 5  # beyond three objectives: the 4 unit preferences and the equal one
+    # T = 3, n = 11, refine = 2 counts up to 66 + 1 + (2 - 1) * 3 * 2 = 73 preferences
+    assert len(evaluation_preferences(3, 11, max_preferences=73, refine=2)) == 67
+    with pytest.raises(ValueError, match="evaluate up to 73 preferences, more than the budget of 72"):
+        evaluation_preferences(3, 11, max_preferences=72, refine=2)
+
+
+def test_text_table_left_aligns_each_column_to_its_widest_cell():
+    from mooframe.report import text_table
+
+    assert text_table(["m", "hv"], [["long name", "1"], ["x", "0.25"]]).split("\n") == [
+        "m          hv  ",
+        "---------  ----",
+        "long name  1   ",
+        "x          0.25",
+    ]
