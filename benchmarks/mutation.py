@@ -267,10 +267,7 @@ def run_group(group: str, jobs: int, workdir: Path, sample: int | None = None, s
     copy = workdir / group
     if copy.exists():
         shutil.rmtree(copy)
-    listed = subprocess.run(
-        ["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True, text=True, check=True
-    ).stdout.split()
-    for name in listed:
+    for name in _checkout_files():
         if (ROOT / name).is_file():
             (copy / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / name, copy / name)
@@ -306,14 +303,7 @@ def rerun(group: str, names: list[str], jobs: int, workdir: Path) -> dict[str, s
     """Re-run the mutants `names` in the group's scratch copy, with the checkout's current tests (the source must
     be unchanged: mutmut regenerates and re-runs the mutants of any function whose code changed)."""
     copy = workdir / group
-    listed = subprocess.run(
-        ["git", "ls-files", "-co", "--exclude-standard", "tests", "benchmarks"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
-    for name in listed:
+    for name in _checkout_files("tests", "benchmarks"):
         for target in (copy / name, copy / "mutants" / name):
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / name, target)
@@ -321,6 +311,12 @@ def rerun(group: str, names: list[str], jobs: int, workdir: Path) -> dict[str, s
     if names:
         subprocess.run([*mutmut, "run", "--max-children", str(jobs), *names], cwd=copy, check=True)
     return _statuses(copy)
+
+
+def _checkout_files(*folders: str) -> list[str]:
+    """The checkout's tracked and untracked-but-not-ignored files (under `folders`, or all), relative to ROOT."""
+    command = ["git", "ls-files", "-co", "--exclude-standard", *folders]
+    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
 
 
 def _statuses(copy: Path) -> dict[str, str]:
